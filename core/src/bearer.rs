@@ -1,0 +1,137 @@
+//! Reading the bearer token from the request (RFC 6750 §2.1).
+
+/// What the request's `Authorization` headers hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// No `Authorization` header at all.
+    Missing,
+    /// Something is there but it is not exactly one well-formed bearer token.
+    Malformed(&'static str),
+    /// One syntactically valid bearer token.
+    Bearer(&'a str),
+}
+
+/// Reads the bearer token out of every `Authorization` header value of the request.
+///
+/// Works on raw bytes: a client may send anything, including non-UTF-8.
+pub fn extract<'a>(values: &[&'a [u8]], max_token_length: usize) -> Credentials<'a> {
+    let value = match values {
+        [] => return Credentials::Missing,
+        [one] => *one,
+        _ => return Credentials::Malformed("several Authorization headers"),
+    };
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return if value.is_empty() {
+            Credentials::Malformed("empty Authorization header")
+        } else if value.eq_ignore_ascii_case(b"bearer") {
+            Credentials::Malformed("Bearer scheme without a token")
+        } else {
+            Credentials::Malformed("Authorization scheme is not Bearer")
+        };
+    };
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Credentials::Malformed("Authorization scheme is not Bearer");
+    }
+    // RFC 9110 §11.4: one or more spaces separate the scheme from the credentials.
+    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let token = rest.get(start..).unwrap_or_default();
+    if token.is_empty() {
+        return Credentials::Malformed("Bearer scheme without a token");
+    }
+    if token.len() > max_token_length {
+        return Credentials::Malformed("bearer token too long");
+    }
+    if !is_b64token(token) {
+        return Credentials::Malformed("bearer token is not a b64token");
+    }
+    match std::str::from_utf8(token) {
+        Ok(t) => Credentials::Bearer(t),
+        // Unreachable: b64token bytes are ASCII. Still no panic.
+        Err(_) => Credentials::Malformed("bearer token is not a b64token"),
+    }
+}
+
+/// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn is_b64token(token: &[u8]) -> bool {
+    let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
+    let (body, _padding) = token.split_at(body_len);
+    !body.is_empty()
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(v: &[u8]) -> Credentials<'_> {
+        extract(&[v], 4096)
+    }
+
+    #[test]
+    fn reads_a_bearer_token() {
+        assert_eq!(
+            one(b"Bearer abc.DEF-_~+/=="),
+            Credentials::Bearer("abc.DEF-_~+/==")
+        );
+        assert_eq!(one(b"bearer abc"), Credentials::Bearer("abc"));
+        assert_eq!(one(b"BEARER abc"), Credentials::Bearer("abc"));
+        assert_eq!(one(b"Bearer   abc"), Credentials::Bearer("abc"));
+    }
+
+    #[test]
+    fn no_header_is_missing() {
+        assert_eq!(extract(&[], 10), Credentials::Missing);
+    }
+
+    #[test]
+    fn malformed_inputs() {
+        for v in [
+            &b""[..],
+            b"Bearer",
+            b"Bearer ",
+            b"Bearer  ",
+            b"Basic dXNlcjpwYXNz",
+            b"Bearerabc",
+            b"Bearer a b",
+            b"Bearer a,Bearer b",
+            b"Bearer =abc",
+            b"Bearer ===",
+            b"Bearer a=b",
+            b"Bearer abc\t",
+            b"Bearer \xff\xfe",
+            b"Bearer abc\"",
+            b"Token abc",
+        ] {
+            assert!(
+                matches!(one(v), Credentials::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
+
+    #[test]
+    fn several_headers_are_malformed() {
+        assert_eq!(
+            extract(&[b"Bearer a", b"Bearer a"], 10),
+            Credentials::Malformed("several Authorization headers")
+        );
+    }
+
+    #[test]
+    fn length_is_bounded() {
+        let long = format!("Bearer {}", "a".repeat(33));
+        assert_eq!(
+            extract(&[long.as_bytes()], 32),
+            Credentials::Malformed("bearer token too long")
+        );
+        let ok = format!("Bearer {}", "a".repeat(32));
+        assert!(matches!(
+            extract(&[ok.as_bytes()], 32),
+            Credentials::Bearer(_)
+        ));
+    }
+}

@@ -1,0 +1,17 @@
+//! Pure logic of the ProConnect / RFC 7662 introspection filter.
+//!
+//! Nothing here calls proxy-wasm: the adapter in the root crate reads headers and time from the
+//! host, hands them to these functions, and turns their results into host calls. Everything is
+//! therefore unit-tested natively.
+
+pub mod bearer;
+pub mod callout;
+pub mod config;
+pub mod decision;
+pub mod headers;
+pub mod reply;
+pub mod response;
+pub mod secret;
+
+pub use config::{ClientAuth, Config, ConfigError};
+pub use decision::{Claims, Decision, Denial};

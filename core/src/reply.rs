@@ -1,0 +1,118 @@
+//! The local answers the filter sends instead of forwarding (RFC 6750 §3).
+
+use crate::config::Config;
+use crate::decision::Denial;
+
+/// A response the filter sends itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// The answer for a denial.
+pub fn for_denial(config: &Config, denial: &Denial) -> LocalReply {
+    let realm = &config.realm;
+    let (status, challenge, error, description) = match denial {
+        Denial::Missing => (
+            401,
+            Some(format!("Bearer realm=\"{realm}\"")),
+            "unauthorized",
+            "a bearer token is required".to_string(),
+        ),
+        Denial::Malformed(reason) => (
+            400,
+            Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{reason}\""
+            )),
+            "invalid_request",
+            (*reason).to_string(),
+        ),
+        Denial::Invalid(_) => (
+            401,
+            Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"the access token is invalid, expired or revoked\""
+            )),
+            "invalid_token",
+            "the access token is invalid, expired or revoked".to_string(),
+        ),
+        Denial::InsufficientScope => {
+            let scope = config.required_scopes.join(" ");
+            (
+                403,
+                Some(format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""
+                )),
+                "insufficient_scope",
+                format!("the access token lacks a required scope: {scope}"),
+            )
+        }
+        Denial::Unavailable(_) => (
+            503,
+            None,
+            "temporarily_unavailable",
+            "the access token could not be verified, try again later".to_string(),
+        ),
+    };
+    let body = serde_json::json!({ "error": error, "error_description": description }).to_string();
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("cache-control", "no-store".to_string()),
+    ];
+    if let Some(challenge) = challenge {
+        headers.push(("www-authenticate", challenge));
+    }
+    LocalReply {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_json(
+            br#"{"cluster":"a","authority":"a","client_id":"c","client_secret":"s",
+                "realm":"locations","required_scopes":["openid","locations"]}"#,
+        )
+        .unwrap()
+    }
+
+    fn challenge(r: &LocalReply) -> Option<&str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn rfc6750_statuses_and_challenges() {
+        let c = config();
+        let r = for_denial(&c, &Denial::Missing);
+        assert_eq!(
+            (r.status, challenge(&r)),
+            (401, Some("Bearer realm=\"locations\""))
+        );
+        let r = for_denial(&c, &Denial::Malformed("several Authorization headers"));
+        assert_eq!(r.status, 400);
+        assert!(challenge(&r).unwrap().contains("error=\"invalid_request\""));
+        let r = for_denial(&c, &Denial::Invalid("token is not active"));
+        assert_eq!(r.status, 401);
+        assert!(challenge(&r).unwrap().contains("error=\"invalid_token\""));
+        assert!(!r.body.contains("not active"));
+        let r = for_denial(&c, &Denial::InsufficientScope);
+        assert_eq!(r.status, 403);
+        assert!(challenge(&r)
+            .unwrap()
+            .ends_with("error=\"insufficient_scope\", scope=\"openid locations\""));
+        let r = for_denial(&c, &Denial::Unavailable("status 500".into()));
+        assert_eq!((r.status, challenge(&r)), (503, None));
+        assert!(!r.body.contains("500"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["error"], "temporarily_unavailable");
+    }
+}

@@ -1,0 +1,163 @@
+//! Reading the authorization server's answer to the introspection callout.
+//!
+//! Nothing here ever puts the body, or any part of it but a sanitised `error` code, into a
+//! message: the body may carry claims about the user.
+
+use serde_json::Value;
+
+use crate::decision::Claims;
+
+/// The parts of the callout response the filter looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    /// `:status`, absent when the callout failed (timeout, reset, no upstream).
+    pub status: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+/// Why an answer cannot be used. Safe to log.
+pub type Fault = String;
+
+/// Checks the status and returns the numeric value, or why it is not a usable 200.
+pub fn check_status(answer: &Answer<'_>) -> Result<(), Fault> {
+    let Some(status) = answer.status else {
+        return Err("callout failed (timeout, reset or no healthy upstream)".into());
+    };
+    if status == b"200" {
+        return Ok(());
+    }
+    let shown = if status.len() == 3 && status.iter().all(u8::is_ascii_digit) {
+        String::from_utf8_lossy(status).into_owned()
+    } else {
+        "(invalid)".to_string()
+    };
+    match error_code(answer.body) {
+        Some(code) => Err(format!(
+            "authorization server answered status {shown}, error `{code}`"
+        )),
+        None => Err(format!("authorization server answered status {shown}")),
+    }
+}
+
+/// The media type of a `Content-Type` value, lowercase, without parameters.
+pub fn media_type(content_type: Option<&[u8]>) -> Option<String> {
+    let ct = content_type?;
+    let ct = std::str::from_utf8(ct).ok()?;
+    let main = ct.split(';').next().unwrap_or_default().trim();
+    Some(main.to_ascii_lowercase())
+}
+
+/// Parses a plain (unsigned) RFC 7662 answer into its claims.
+pub fn parse_json_answer(answer: &Answer<'_>) -> Result<Claims, Fault> {
+    check_status(answer)?;
+    match media_type(answer.content_type).as_deref() {
+        Some("application/json") => {}
+        Some(t) if t.ends_with("+json") => {}
+        _ => return Err("answer is not JSON (Content-Type)".into()),
+    }
+    parse_claims(answer.body)
+}
+
+/// Parses a JSON object (the answer body, or a JWT payload's member).
+pub fn parse_claims(body: &[u8]) -> Result<Claims, Fault> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("answer is JSON but not an object".into()),
+        Err(_) => Err("answer body is not valid JSON".into()),
+    }
+}
+
+/// The OAuth `error` code of an error body, if it looks like one (RFC 6749 §5.2 charset, short).
+fn error_code(body: &[u8]) -> Option<String> {
+    if body.len() > 4096 {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let code = v.get("error")?.as_str()?;
+    let ok = !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    ok.then(|| code.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer<'a>(status: &'a str, ct: &'a str, body: &'a str) -> Answer<'a> {
+        Answer {
+            status: Some(status.as_bytes()),
+            content_type: Some(ct.as_bytes()),
+            body: body.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn plain_active_answer() {
+        let c = parse_json_answer(&answer(
+            "200",
+            "application/json; charset=utf-8",
+            r#"{"active":true,"sub":"u"}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.get("sub").unwrap(), "u");
+    }
+
+    #[test]
+    fn errors_name_status_and_code_only() {
+        let e = parse_json_answer(&answer(
+            "401",
+            "application/json",
+            r#"{"error":"invalid_client","error_description":"client authentication failed"}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "authorization server answered status 401, error `invalid_client`"
+        );
+        // A code outside the charset is not echoed.
+        let e = parse_json_answer(&answer(
+            "400",
+            "application/json",
+            r#"{"error":"tok-abc.def"}"#,
+        ))
+        .unwrap_err();
+        assert!(!e.contains("tok-abc"), "{e}");
+        let e = check_status(&Answer {
+            status: None,
+            content_type: None,
+            body: b"",
+        })
+        .unwrap_err();
+        assert!(e.contains("callout failed"));
+    }
+
+    #[test]
+    fn non_json_is_refused_without_echo() {
+        for (ct, body) in [
+            ("text/html", "{\"active\":true}"),
+            ("application/json", "not json at all"),
+            ("application/json", "[1,2]"),
+            ("application/token-introspection+jwt", "eyJ.eyJ.sig"),
+        ] {
+            let e = parse_json_answer(&answer("200", ct, body)).unwrap_err();
+            assert!(!e.contains(body), "{e}");
+        }
+        let e = parse_json_answer(&Answer {
+            status: Some(b"200"),
+            content_type: None,
+            body: b"{}",
+        });
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn media_type_is_normalised() {
+        assert_eq!(
+            media_type(Some(b"Application/Token-Introspection+JWT; charset=utf-8")).as_deref(),
+            Some("application/token-introspection+jwt")
+        );
+        assert_eq!(media_type(Some(b"\xff")), None);
+    }
+}

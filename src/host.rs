@@ -1,0 +1,169 @@
+//! The few proxy-wasm host calls the filter uses, wrapped so that no host answer can panic.
+//!
+//! The SDK's `hostcalls::*` panic on any status they do not expect (for instance reading the
+//! headers of a callout that failed returns `BadArgument` in Envoy, and the SDK panics), and its
+//! map decoder panics on a non-UTF-8 header name. A panic kills the VM: every later request on
+//! that worker fails. These wrappers return the status instead. Only `dispatch_http_call` goes
+//! through the SDK, because the SDK must register the callout to route its answer back.
+
+use proxy_wasm::types::{BufferType, MapType, Status, StreamType};
+use std::ptr::{null, null_mut};
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> Status;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> Status;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+    fn proxy_continue_stream(stream_type: StreamType) -> Status;
+}
+
+/// Takes ownership of memory the host allocated through the SDK's `proxy_on_memory_allocate`
+/// (a `Vec<u8>` of exactly `size` capacity).
+///
+/// # Safety
+/// `data` must come from that allocator with capacity `size`, or be null.
+unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+fn ok(status: Status) -> Result<(), Status> {
+    match status {
+        Status::Ok => Ok(()),
+        other => Err(other),
+    }
+}
+
+/// The serialized header map (decode it with `introspection_core::headers::decode_pairs`).
+pub fn header_pairs(map: MapType) -> Result<Vec<u8>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: out-pointers are valid locals; the host fills them with an allocation of ours.
+    unsafe {
+        ok(proxy_get_header_map_pairs(map, &mut data, &mut size))?;
+        Ok(owned(data, size))
+    }
+}
+
+/// One header's value (the first, if there are several), `None` if absent.
+pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: as above; `name` outlives the call.
+    unsafe {
+        match proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) {
+            Status::Ok => Ok(Some(owned(data, size))),
+            Status::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+}
+
+/// Up to `max` bytes of a buffer from its start.
+pub fn buffer(kind: BufferType, max: usize) -> Result<Vec<u8>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: as above.
+    unsafe {
+        match proxy_get_buffer_bytes(kind, 0, max, &mut data, &mut size) {
+            Status::Ok => Ok(owned(data, size)),
+            Status::NotFound => Ok(Vec::new()),
+            other => Err(other),
+        }
+    }
+}
+
+/// Sets a request header, replacing every existing value.
+pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+    // SAFETY: pointers to live slices, lengths match.
+    unsafe {
+        ok(proxy_replace_header_map_value(
+            MapType::HttpRequestHeaders,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        ))
+    }
+}
+
+/// Removes every value of a request header.
+pub fn remove_request_header(name: &str) -> Result<(), Status> {
+    // SAFETY: pointer to a live slice, length matches.
+    unsafe {
+        ok(proxy_remove_header_map_value(
+            MapType::HttpRequestHeaders,
+            name.as_ptr(),
+            name.len(),
+        ))
+    }
+}
+
+/// Answers the request locally.
+pub fn send_local_response(
+    status: u32,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), Status> {
+    let map = introspection_core::headers::encode_pairs(headers);
+    // SAFETY: pointers to live buffers, lengths match; details are empty.
+    unsafe {
+        ok(proxy_send_local_response(
+            status,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        ))
+    }
+}
+
+/// Resumes a paused request.
+pub fn resume_request() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    unsafe { ok(proxy_continue_stream(StreamType::HttpRequest)) }
+}

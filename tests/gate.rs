@@ -1,0 +1,426 @@
+//! The gate, end to end: real Envoy + the filter + the sample SR + the mock authorization server.
+
+use e2e::{assert_denied, fresh_secret, Stack, StackOptions};
+use serde_json::json;
+
+const DEMO_SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
+const DEFAULT_SCOPE: &str = "openid uid given_name usual_name email groups";
+
+#[test]
+fn valid_token_reaches_the_sr_with_exactly_its_sub() {
+    let stack = Stack::start("valid");
+    let token = stack.user_token(DEMO_SUB);
+
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let me = r.json();
+    assert_eq!(me["sub"], DEMO_SUB);
+    assert_eq!(me["identity_headers"]["x-user-sub"], DEMO_SUB);
+    assert_eq!(me["identity_headers"]["x-token-client-id"], "fs-demo");
+    assert_eq!(me["identity_headers"]["x-token-scope"], DEFAULT_SCOPE);
+    // forward_authorization is false by default: the SR never sees the token.
+    assert_eq!(me["authorization_present"], false);
+
+    let r = stack.get_with_token("/api/users/locations", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["sub"], DEMO_SUB);
+    assert!(!body["locations"].as_array().expect("list").is_empty());
+
+    // Another user gets their own data, not the previous one's.
+    let other = stack.user_token("0b4b3c1e-1111-4222-8333-944455556666");
+    let r = stack.get_with_token("/api/users/locations", &other);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["sub"], "0b4b3c1e-1111-4222-8333-944455556666");
+    assert_eq!(r.json()["locations"], json!([]));
+    assert_eq!(stack.auth.introspections(&token), 2);
+}
+
+#[test]
+fn authorization_is_forwarded_only_when_configured() {
+    let stack = Stack::with(
+        "forward",
+        StackOptions {
+            plugin: json!({ "forward_authorization": true }),
+            ..Default::default()
+        },
+    );
+    let token = stack.user_token(DEMO_SUB);
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["authorization_present"], true);
+}
+
+#[test]
+fn forged_identity_headers_never_reach_the_sr() {
+    let stack = Stack::with(
+        "forged",
+        StackOptions {
+            plugin: json!({ "claim_headers": {
+                "client_id": "x-token-client-id", "scope": "x-token-scope", "uid": "x-user-uid"
+            }}),
+            ..Default::default()
+        },
+    );
+    let token = stack.user_token(DEMO_SUB);
+    let auth = format!("Bearer {token}");
+
+    // With a valid token: the forged values are replaced or removed.
+    let r = stack.get(
+        "/api/users/me",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("x-user-sub", b"attacker"),
+            ("X-User-Sub", b"attacker-2"),
+            ("x-token-scope", b"admin"),
+            ("x-user-uid", b"forged-uid"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let me = r.json();
+    assert_eq!(me["sub"], DEMO_SUB);
+    assert_eq!(me["identity_headers"]["x-user-sub"], DEMO_SUB);
+    assert_eq!(me["identity_headers"]["x-token-scope"], DEFAULT_SCOPE);
+    // The answer has no `uid`: the forged header must be gone, not passed through.
+    assert!(me["identity_headers"].get("x-user-uid").is_none(), "{me}");
+
+    // Without a token: refused before anything reaches the SR.
+    let before = stack.upstream_requests();
+    let r = stack.get("/api/users/me", &[("x-user-sub", DEMO_SUB.as_bytes())]);
+    assert_denied(&r, 401, Some("Bearer realm=\"api\""));
+    assert_eq!(stack.upstream_requests(), before);
+}
+
+#[test]
+fn no_credentials_gets_a_bare_challenge() {
+    let stack = Stack::start("missing");
+    let r = stack.get("/api/users/locations", &[]);
+    assert_denied(&r, 401, Some("Bearer realm=\"api\""));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"api\""));
+    assert_eq!(stack.upstream_requests(), 0);
+    assert_eq!(
+        stack.auth.admin_get_stats()["introspections"],
+        0,
+        "no callout for a request without credentials"
+    );
+}
+
+#[test]
+fn malformed_authorization_is_invalid_request_without_callout() {
+    let stack = Stack::start("malformed");
+    let cases: Vec<&[u8]> = vec![
+        b"Basic dXNlcjpwYXNz",
+        b"Bearer",
+        b"Bearer a b",
+        b"Bearer abc\"def",
+        b"Bearer =abc",
+        b"Token abc",
+        b"Bearer \xff\xfe\xfd",
+    ];
+    for value in cases {
+        let r = stack.get("/api/users/me", &[("authorization", value)]);
+        assert_denied(
+            &r,
+            400,
+            Some("Bearer realm=\"api\", error=\"invalid_request\""),
+        );
+    }
+    // A token longer than max_token_length (4096 by default).
+    let long = format!("Bearer {}", "a".repeat(4097));
+    let r = stack.get("/api/users/me", &[("authorization", long.as_bytes())]);
+    assert_denied(
+        &r,
+        400,
+        Some("Bearer realm=\"api\", error=\"invalid_request\""),
+    );
+
+    assert_eq!(stack.auth.admin_get_stats()["introspections"], 0);
+    assert_eq!(stack.upstream_requests(), 0);
+}
+
+#[test]
+fn two_authorization_headers_are_refused() {
+    let stack = Stack::start("two-auth");
+    let token = stack.user_token(DEMO_SUB);
+    let auth = format!("Bearer {token}");
+    let r = stack.get(
+        "/api/users/me",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("authorization", auth.as_bytes()),
+        ],
+    );
+    assert_denied(
+        &r,
+        400,
+        Some("Bearer realm=\"api\", error=\"invalid_request\""),
+    );
+    assert_eq!(stack.auth.introspections(&token), 0);
+    assert_eq!(stack.upstream_requests(), 0);
+}
+
+#[test]
+fn unknown_expired_revoked_and_refresh_tokens_are_invalid() {
+    let stack = Stack::start("invalid");
+    let invalid = "Bearer realm=\"api\", error=\"invalid_token\"";
+
+    let unknown = fresh_secret("unknownToken");
+    stack.secret(&unknown);
+    let r = stack.get_with_token("/api/users/me", &unknown);
+    assert_denied(&r, 401, Some(invalid));
+
+    let expired = stack.mint(json!({ "sub": DEMO_SUB, "ttl_secs": -10 }));
+    assert_denied(
+        &stack.get_with_token("/api/users/me", &expired),
+        401,
+        Some(invalid),
+    );
+
+    let refresh = stack.mint(json!({ "sub": DEMO_SUB, "kind": "refresh" }));
+    assert_denied(
+        &stack.get_with_token("/api/users/me", &refresh),
+        401,
+        Some(invalid),
+    );
+    assert_eq!(stack.auth.introspections(&refresh), 1);
+
+    // Revoked through the RFC 7009 endpoint: works before, refused after.
+    let token = stack.user_token(DEMO_SUB);
+    assert_eq!(stack.get_with_token("/api/users/me", &token).status, 200);
+    stack
+        .auth
+        .revoke_rfc7009(e2e::CLIENT_ID, &stack.client_secret, &token);
+    assert_denied(
+        &stack.get_with_token("/api/users/me", &token),
+        401,
+        Some(invalid),
+    );
+
+    assert_eq!(stack.upstream_requests(), 1);
+}
+
+#[test]
+fn missing_scope_is_forbidden_with_the_scope_named() {
+    let stack = Stack::with(
+        "scope",
+        StackOptions {
+            plugin: json!({ "required_scopes": ["openid", "locations"], "realm": "locations-api" }),
+            ..Default::default()
+        },
+    );
+    let narrow = stack.mint(json!({ "sub": DEMO_SUB, "scope": "openid email" }));
+    let r = stack.get_with_token("/api/users/locations", &narrow);
+    assert_denied(
+        &r,
+        403,
+        Some("Bearer realm=\"locations-api\", error=\"insufficient_scope\", scope=\"openid locations\""),
+    );
+    let wide = stack.mint(json!({ "sub": DEMO_SUB, "scope": "openid locations email" }));
+    assert_eq!(
+        stack.get_with_token("/api/users/locations", &wide).status,
+        200
+    );
+    assert_eq!(stack.upstream_requests(), 1);
+}
+
+#[test]
+fn token_with_plus_slash_and_padding_reaches_the_server_byte_for_byte() {
+    let stack = Stack::start("b64token");
+    let explicit = format!("{}+a/b.c_d~e==", fresh_secret("Zm9v").replace('-', "_"));
+    let token = stack.mint(json!({ "sub": DEMO_SUB, "token": explicit }));
+    assert_eq!(token, explicit);
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sub"], DEMO_SUB);
+    let last = stack
+        .auth
+        .admin("/_mock/last-request", json!({ "token": token }));
+    assert_eq!(last["token_bytes_equal"], true, "{last}");
+    assert_eq!(last["auth_method"], "client_secret_post", "{last}");
+    assert_eq!(last["client_id"], e2e::CLIENT_ID);
+    assert_eq!(last["content_type"], "application/x-www-form-urlencoded");
+    assert_eq!(last["accept"], "application/json");
+}
+
+#[test]
+fn client_secret_basic_works() {
+    let stack = Stack::with(
+        "basic",
+        StackOptions {
+            plugin: json!({ "client_auth": "client_secret_basic" }),
+            ..Default::default()
+        },
+    );
+    let token = stack.user_token(DEMO_SUB);
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let last = stack
+        .auth
+        .admin("/_mock/last-request", json!({ "token": token }));
+    assert_eq!(last["auth_method"], "client_secret_basic", "{last}");
+    assert!(last["form_keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .all(|k| k != "client_secret"));
+}
+
+#[test]
+fn wrong_client_secret_is_unavailable_not_invalid() {
+    let wrong = fresh_secret("wrong-secret");
+    let stack = Stack::with(
+        "wrong-secret",
+        StackOptions {
+            plugin: json!({ "client_secret": wrong }),
+            ..Default::default()
+        },
+    );
+    stack.secret(&wrong);
+    let token = stack.user_token(DEMO_SUB);
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_denied(&r, 503, None);
+    assert_eq!(stack.upstream_requests(), 0);
+    let log = stack.envoy.proc.log_text();
+    assert!(log.contains("invalid_client"), "the reason is logged");
+}
+
+#[test]
+fn authorization_server_faults_fail_closed() {
+    let stack = Stack::start("faults");
+    for tamper in ["status_500", "garbage", "huge"] {
+        let token = stack.mint(json!({ "sub": DEMO_SUB, "tamper": tamper }));
+        let r = stack.get_with_token("/api/users/me", &token);
+        assert_denied(&r, 503, None);
+    }
+    assert_eq!(stack.upstream_requests(), 0);
+    // The VM survived all of that.
+    let token = stack.user_token(DEMO_SUB);
+    assert_eq!(stack.get_with_token("/api/users/me", &token).status, 200);
+}
+
+#[test]
+fn slow_authorization_server_times_out_closed() {
+    let stack = Stack::with(
+        "timeout",
+        StackOptions {
+            plugin: json!({ "timeout_ms": 300 }),
+            ..Default::default()
+        },
+    );
+    let token = stack.mint(json!({ "sub": DEMO_SUB, "delay_ms": 1500 }));
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_denied(&r, 503, None);
+    assert_eq!(stack.upstream_requests(), 0);
+}
+
+#[test]
+fn stopped_authorization_server_is_unavailable() {
+    let mut stack = Stack::start("as-down");
+    let token = stack.user_token(DEMO_SUB);
+    stack.auth.proc.stop();
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_denied(&r, 503, None);
+    assert_eq!(stack.upstream_requests(), 0);
+}
+
+#[test]
+fn hostile_bytes_do_not_kill_the_vm() {
+    let stack = Stack::start("hostile");
+    let token = stack.user_token(DEMO_SUB);
+    let auth = format!("Bearer {token}");
+    for _ in 0..2 {
+        let r = stack.get(
+            "/api/users/me",
+            &[
+                ("authorization", auth.as_bytes()),
+                ("x-note", b"caf\xe9 \xff\xfe"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = stack.get("/api/users/me", &[("authorization", b"Bearer \xc3\x28")]);
+    assert_eq!(r.status, 400);
+    assert_eq!(stack.get_with_token("/api/users/me", &token).status, 200);
+}
+
+#[test]
+fn invalid_plugin_configuration_is_refused_at_load() {
+    let dir = e2e::work_dir("bad-config");
+    let template =
+        std::fs::read_to_string(e2e::root().join("envoy/envoy.yaml.in")).expect("template");
+    for (plugin, field) in [
+        (
+            json!({ "cluster": "authorization_server", "authority": "a", "client_secret": "s" }),
+            "client_id",
+        ),
+        (
+            json!({ "cluster": "c", "authority": "a", "client_id": "i", "client_secret": "s", "timeout_ms": 0 }),
+            "timeout_ms",
+        ),
+        (
+            json!({ "cluster": "c", "authority": "a", "client_id": "i", "client_secret": "s", "clientsecret": "x" }),
+            "clientsecret",
+        ),
+    ] {
+        let yaml = e2e::render_envoy_config(&template, 1, 1, &plugin);
+        let err = match e2e::Envoy::start(&dir, &yaml) {
+            Ok(_) => panic!("envoy accepted an invalid plugin configuration: {plugin}"),
+            Err(log) => log,
+        };
+        assert!(
+            err.contains(&format!("`{field}`"))
+                || err.contains(&format!("`{field}`:"))
+                || err.contains(field),
+            "the log does not name `{field}`:\n{err}"
+        );
+        assert!(err.contains("invalid configuration"), "{err}");
+    }
+}
+
+#[test]
+fn shipped_envoy_configs_validate() {
+    let dir = e2e::work_dir("validate");
+    let template =
+        std::fs::read_to_string(e2e::root().join("envoy/envoy.yaml.in")).expect("template");
+    let plugin = e2e::default_plugin_config(1, "s");
+    let mut configs = vec![(
+        "envoy.yaml.in".to_string(),
+        e2e::render_envoy_config(&template, 1, 2, &plugin),
+    )];
+    for entry in std::fs::read_dir(e2e::root().join("envoy")).expect("envoy/") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name.ends_with(".yaml") && !name.starts_with("istio") {
+            let text = std::fs::read_to_string(&path).expect("read");
+            configs.push((
+                name,
+                text.replace("${WASM_PATH}", &e2e::wasm_path().display().to_string()),
+            ));
+        }
+    }
+    assert!(
+        configs.len() >= 2,
+        "envoy/ ships the demo template and at least one other config"
+    );
+    for (name, yaml) in configs {
+        let file = dir.join(format!("{name}.rendered.yaml"));
+        std::fs::write(&file, yaml).expect("write");
+        let words = e2e::envoy_command();
+        let out = std::process::Command::new(&words[0])
+            .args(&words[1..])
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&file)
+            .output()
+            .expect("run envoy --mode validate");
+        assert!(
+            out.status.success(),
+            "{name} does not validate:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
