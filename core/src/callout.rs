@@ -30,8 +30,14 @@ impl std::fmt::Debug for Callout {
     }
 }
 
-/// Builds the introspection request for `token`.
-pub fn introspection_request(config: &Config, token: &str, accept: &'static str) -> Callout {
+/// Builds the introspection request for `token`, to `path` (the configured or discovered
+/// introspection endpoint). `accept` asks for a plain or a signed answer.
+pub fn introspection_request(
+    config: &Config,
+    path: &str,
+    token: &str,
+    accept: &'static str,
+) -> Callout {
     let mut body = String::with_capacity(token.len() + 128);
     body.push_str("token=");
     form_encode_into(&mut body, token);
@@ -41,7 +47,7 @@ pub fn introspection_request(config: &Config, token: &str, accept: &'static str)
     }
     let mut headers = vec![
         (":method", "POST".to_string()),
-        (":path", config.introspection_path.clone()),
+        (":path", path.to_string()),
         (":authority", config.authority.clone()),
         (
             "content-type",
@@ -66,6 +72,19 @@ pub fn introspection_request(config: &Config, token: &str, accept: &'static str)
     Callout {
         headers,
         body: body.into_bytes(),
+    }
+}
+
+/// A plain GET (discovery document, JWKS).
+pub fn get_request(authority: &str, path: &str, accept: &str) -> Callout {
+    Callout {
+        headers: vec![
+            (":method", "GET".to_string()),
+            (":path", path.to_string()),
+            (":authority", authority.to_string()),
+            ("accept", accept.to_string()),
+        ],
+        body: Vec::new(),
     }
 }
 
@@ -124,7 +143,12 @@ mod tests {
 
     #[test]
     fn client_secret_post() {
-        let c = introspection_request(&config(serde_json::json!({})), "a+b/c=", ACCEPT_JSON);
+        let c = introspection_request(
+            &config(serde_json::json!({})),
+            "/api/v2/token/introspection",
+            "a+b/c=",
+            ACCEPT_JSON,
+        );
         assert_eq!(
             String::from_utf8(c.body.clone()).unwrap(),
             "token=a%2Bb%2Fc%3D&client_id=sr%20id&client_secret=p%40ss%3Aw%3Drd%2B%2F"
@@ -146,6 +170,7 @@ mod tests {
             &config(
                 serde_json::json!({"client_auth": "client_secret_basic", "token_type_hint": "access_token"}),
             ),
+            "/introspect",
             "tok",
             ACCEPT_JWT,
         );
@@ -163,7 +188,7 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let c = introspection_request(&config(serde_json::json!({})), "tok-123", ACCEPT_JSON);
+        let c = introspection_request(&config(serde_json::json!({})), "/i", "tok-123", ACCEPT_JSON);
         let shown = format!("{c:?}");
         assert!(!shown.contains("tok-123") && !shown.contains("p@ss") && !shown.contains("p%40ss"));
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::jwt::{KeySet, SigningAlg};
 use crate::secret::Secret;
 
 /// How the filter authenticates to the introspection endpoint (RFC 7662 §2.1, RFC 6749 §2.3.1).
@@ -52,8 +53,8 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     cluster: Option<String>,
     authority: Option<String>,
-    #[serde(default = "default_introspection_path")]
-    introspection_path: String,
+    #[serde(default)]
+    introspection_path: Option<String>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     client_id: Option<String>,
@@ -83,11 +84,45 @@ struct RawConfig {
     max_token_length: usize,
     #[serde(default = "default_max_response_bytes")]
     max_response_bytes: usize,
+    #[serde(default)]
+    signed_response_alg: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    jwks_path: Option<String>,
+    #[serde(default)]
+    jwks_cluster: Option<String>,
+    #[serde(default)]
+    jwks_authority: Option<String>,
+    #[serde(default)]
+    discovery_path: Option<String>,
+    #[serde(default = "default_jwks_refresh_secs")]
+    jwks_refresh_secs: u64,
+    #[serde(default = "default_jwks_refetch_interval_secs")]
+    jwks_refetch_interval_secs: u64,
+    #[serde(default = "default_iat_leeway_secs")]
+    iat_leeway_secs: u64,
+    #[serde(default = "default_iat_max_age_secs")]
+    iat_max_age_secs: u64,
 }
 
-fn default_introspection_path() -> String {
-    "/api/v2/token/introspection".to_string()
+fn default_jwks_refresh_secs() -> u64 {
+    600
 }
+fn default_jwks_refetch_interval_secs() -> u64 {
+    30
+}
+fn default_iat_leeway_secs() -> u64 {
+    30
+}
+fn default_iat_max_age_secs() -> u64 {
+    120
+}
+
+/// ProConnect's introspection path, the default.
+pub const DEFAULT_INTROSPECTION_PATH: &str = "/api/v2/token/introspection";
 fn default_timeout_ms() -> u64 {
     5000
 }
@@ -147,6 +182,41 @@ pub struct Config {
     pub max_response_bytes: usize,
     /// Every header the filter may set, lowercase: removed from each incoming request.
     pub identity_headers: Vec<String>,
+    /// Signed answers (RFC 9701), or `None` for plain JSON.
+    pub signed: Option<Signed>,
+    /// Expected `iss`; checked on signed answers, and on plain answers that carry one.
+    /// `None` only when it comes from the discovery document.
+    pub issuer: Option<String>,
+    /// Path of the discovery document to read at start, on `cluster`.
+    pub discovery_path: Option<String>,
+    /// Whether `introspection_path` was set explicitly (discovery does not override it then).
+    pub introspection_path_explicit: bool,
+}
+
+/// Where the verification keys of signed answers come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// HS256: the raw bytes of the client secret.
+    ClientSecret,
+    /// A JWKS given in the configuration, parsed once.
+    Inline(KeySet),
+    /// A JWKS fetched through Envoy; `path` is `None` until discovery provides it.
+    Remote {
+        cluster: String,
+        authority: String,
+        path: Option<String>,
+    },
+}
+
+/// Settings of the signed mode.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub alg: SigningAlg,
+    pub keys: KeySource,
+    pub refresh: Duration,
+    pub refetch_interval: Duration,
+    pub iat_leeway: i64,
+    pub iat_max_age: i64,
 }
 
 const MAX_TIMEOUT_MS: u64 = 60_000;
@@ -160,11 +230,18 @@ impl Config {
                 "is empty; at least `cluster`, `authority`, `client_id` and `client_secret` are required",
             ));
         }
-        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
-            // serde names the unknown or mistyped field in its message; it never echoes values
-            // of string fields, so no secret leaks through here.
-            ConfigError::new("(plugin configuration)", e.to_string())
-        })?;
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new("(plugin configuration)", format!("is not JSON: {e}")))?;
+        let Some(object) = value.as_object() else {
+            return Err(ConfigError::new(
+                "(plugin configuration)",
+                "must be a JSON object",
+            ));
+        };
+        let raw: RawConfig = match serde_json::from_value(value.clone()) {
+            Ok(raw) => raw,
+            Err(e) => return Err(locate_error(object, e)),
+        };
         Config::compile(raw)
     }
 
@@ -177,12 +254,13 @@ impl Config {
                 "must be a host name with an optional port",
             ));
         }
-        let introspection_path = raw.introspection_path;
-        if !introspection_path.starts_with('/') || !introspection_path.bytes().all(is_path_byte) {
-            return Err(ConfigError::new(
-                "introspection_path",
-                "must start with `/` and contain only URL path characters",
-            ));
+        let introspection_path_explicit = raw.introspection_path.is_some();
+        let introspection_path = raw
+            .introspection_path
+            .unwrap_or_else(|| DEFAULT_INTROSPECTION_PATH.to_string());
+        check_path(&introspection_path, "introspection_path")?;
+        if let Some(p) = &raw.discovery_path {
+            check_path(p, "discovery_path")?;
         }
         if raw.timeout_ms == 0 || raw.timeout_ms > MAX_TIMEOUT_MS {
             return Err(ConfigError::new(
@@ -270,6 +348,132 @@ impl Config {
             ));
         }
 
+        let issuer = match raw.issuer {
+            Some(i) if i.is_empty() || i.chars().any(char::is_control) => {
+                return Err(ConfigError::new("issuer", "must be a non-empty URL"))
+            }
+            other => other,
+        };
+        let signed = match raw.signed_response_alg.as_deref() {
+            None | Some("none") => {
+                for (field, set) in [
+                    ("jwks", raw.jwks.is_some()),
+                    ("jwks_path", raw.jwks_path.is_some()),
+                    ("jwks_cluster", raw.jwks_cluster.is_some()),
+                    ("jwks_authority", raw.jwks_authority.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            field,
+                            "only applies with `signed_response_alg` RS256, ES256 or HS256",
+                        ));
+                    }
+                }
+                None
+            }
+            Some(name) => {
+                let alg = match name {
+                    "RS256" => SigningAlg::RS256,
+                    "ES256" => SigningAlg::ES256,
+                    "HS256" => SigningAlg::HS256,
+                    _ => {
+                        return Err(ConfigError::new(
+                            "signed_response_alg",
+                            "must be `RS256`, `ES256`, `HS256` or `none`",
+                        ))
+                    }
+                };
+                if issuer.is_none() && raw.discovery_path.is_none() {
+                    return Err(ConfigError::new(
+                        "issuer",
+                        "is required with `signed_response_alg` (or set `discovery_path`)",
+                    ));
+                }
+                let keys = if alg.uses_jwks() {
+                    match (raw.jwks, raw.jwks_path) {
+                        (Some(_), Some(_)) => {
+                            return Err(ConfigError::new(
+                                "jwks",
+                                "give either `jwks` (inline) or `jwks_path` (fetched), not both",
+                            ))
+                        }
+                        (Some(inline), None) => {
+                            let set = KeySet::from_jwks(inline.to_string().as_bytes())
+                                .map_err(|e| ConfigError::new("jwks", e))?;
+                            let usable = match alg {
+                                SigningAlg::RS256 => set.has_rsa(),
+                                _ => set.has_ec(),
+                            };
+                            if !usable {
+                                return Err(ConfigError::new(
+                                    "jwks",
+                                    format!("holds no usable {} key", alg.name()),
+                                ));
+                            }
+                            KeySource::Inline(set)
+                        }
+                        (None, path) => {
+                            if let Some(p) = &path {
+                                check_path(p, "jwks_path")?;
+                            } else if raw.discovery_path.is_none() {
+                                return Err(ConfigError::new(
+                                    "jwks_path",
+                                    "is required for RS256/ES256 unless `jwks` or `discovery_path` is set",
+                                ));
+                            }
+                            KeySource::Remote {
+                                cluster: raw.jwks_cluster.unwrap_or_else(|| cluster.clone()),
+                                authority: raw.jwks_authority.unwrap_or_else(|| authority.clone()),
+                                path,
+                            }
+                        }
+                    }
+                } else {
+                    for (field, set) in [
+                        ("jwks", raw.jwks.is_some()),
+                        ("jwks_path", raw.jwks_path.is_some()),
+                    ] {
+                        if set {
+                            return Err(ConfigError::new(
+                                field,
+                                "HS256 uses the client secret as its key: no JWKS",
+                            ));
+                        }
+                    }
+                    KeySource::ClientSecret
+                };
+                if !(10..=86_400).contains(&raw.jwks_refresh_secs) {
+                    return Err(ConfigError::new(
+                        "jwks_refresh_secs",
+                        "must be between 10 and 86400",
+                    ));
+                }
+                if raw.jwks_refetch_interval_secs > 3600 {
+                    return Err(ConfigError::new(
+                        "jwks_refetch_interval_secs",
+                        "must be at most 3600",
+                    ));
+                }
+                if raw.iat_leeway_secs > 600 {
+                    return Err(ConfigError::new("iat_leeway_secs", "must be at most 600"));
+                }
+                if !(1..=86_400).contains(&raw.iat_max_age_secs) {
+                    return Err(ConfigError::new(
+                        "iat_max_age_secs",
+                        "must be between 1 and 86400",
+                    ));
+                }
+                Some(Signed {
+                    alg,
+                    keys,
+                    refresh: Duration::from_secs(raw.jwks_refresh_secs),
+                    refetch_interval: Duration::from_secs(raw.jwks_refetch_interval_secs),
+                    iat_leeway: i64::try_from(raw.iat_leeway_secs).unwrap_or(600),
+                    iat_max_age: i64::try_from(raw.iat_max_age_secs).unwrap_or(86_400),
+                })
+            }
+        };
+
         Ok(Config {
             cluster,
             authority,
@@ -290,8 +494,47 @@ impl Config {
             max_token_length: raw.max_token_length,
             max_response_bytes: raw.max_response_bytes,
             identity_headers,
+            signed,
+            issuer,
+            discovery_path: raw.discovery_path,
+            introspection_path_explicit,
         })
     }
+}
+
+fn check_path(path: &str, field: &str) -> Result<(), ConfigError> {
+    if path.starts_with('/') && path.bytes().all(is_path_byte) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            "must start with `/` and contain only URL path characters",
+        ))
+    }
+}
+
+/// Names the field behind a serde error: serde_json says what is wrong but not where. Every
+/// field of `RawConfig` is optional, so each member can be tried alone; the first one that fails
+/// on its own is the culprit. (The client secret is read as a raw value and cannot fail here,
+/// so no secret is ever echoed.)
+fn locate_error(
+    object: &serde_json::Map<String, serde_json::Value>,
+    error: serde_json::Error,
+) -> ConfigError {
+    for (key, value) in object {
+        let mut alone = serde_json::Map::new();
+        alone.insert(key.clone(), value.clone());
+        if let Err(e) = serde_json::from_value::<RawConfig>(serde_json::Value::Object(alone)) {
+            let message = e.to_string();
+            let reason = if message.starts_with("unknown field") {
+                "unknown field".to_string()
+            } else {
+                message
+            };
+            return ConfigError::new(key.clone(), reason);
+        }
+    }
+    ConfigError::new("(plugin configuration)", error.to_string())
 }
 
 fn required(value: Option<String>, field: &str) -> Result<String, ConfigError> {
@@ -410,9 +653,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_field_is_refused_and_named() {
+    fn unknown_or_mistyped_fields_are_named() {
         let err = with("clien_secret", serde_json::json!("x")).unwrap_err();
-        assert!(err.reason.contains("clien_secret"), "{err}");
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            ("clien_secret", "unknown field")
+        );
+        let err = with("timeout_ms", serde_json::json!("soon")).unwrap_err();
+        assert_eq!(err.field, "timeout_ms");
+        let err = with("required_scopes", serde_json::json!("openid")).unwrap_err();
+        assert_eq!(err.field, "required_scopes");
+        let err = with("client_auth", serde_json::json!("private_key_jwt")).unwrap_err();
+        assert_eq!(err.field, "client_auth");
     }
 
     #[test]
@@ -452,12 +704,6 @@ mod tests {
         assert_eq!(
             with("authority", "a b".into()).unwrap_err().field,
             "authority"
-        );
-        assert_eq!(
-            with("client_auth", "private_key_jwt".into())
-                .unwrap_err()
-                .field,
-            "(plugin configuration)"
         );
         assert_eq!(with("realm", "a\"b".into()).unwrap_err().field, "realm");
         assert_eq!(
@@ -510,6 +756,83 @@ mod tests {
         );
         let err = with("claim_headers", serde_json::json!({"uid": "x-user-sub"})).unwrap_err();
         assert_eq!(err.field, "claim_headers.uid");
+    }
+
+    #[test]
+    fn signed_mode() {
+        assert!(Config::from_json(minimal().to_string().as_bytes())
+            .unwrap()
+            .signed
+            .is_none());
+        assert_eq!(
+            with("signed_response_alg", "PS256".into())
+                .unwrap_err()
+                .field,
+            "signed_response_alg"
+        );
+        // Issuer required.
+        assert_eq!(
+            with("signed_response_alg", "HS256".into())
+                .unwrap_err()
+                .field,
+            "issuer"
+        );
+        let mut v = minimal();
+        v["signed_response_alg"] = "HS256".into();
+        v["issuer"] = "https://as/api/v2".into();
+        let c = Config::from_json(v.to_string().as_bytes()).unwrap();
+        let s = c.signed.unwrap();
+        assert!(matches!(s.keys, KeySource::ClientSecret));
+        assert_eq!(s.refresh, Duration::from_secs(600));
+        v["jwks_path"] = "/jwks".into();
+        assert_eq!(
+            Config::from_json(v.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "jwks_path"
+        );
+        // RS256 needs keys from somewhere.
+        v["signed_response_alg"] = "RS256".into();
+        let c = Config::from_json(v.to_string().as_bytes()).unwrap();
+        match c.signed.unwrap().keys {
+            KeySource::Remote {
+                cluster,
+                authority,
+                path,
+            } => {
+                assert_eq!(
+                    (cluster.as_str(), authority.as_str(), path.as_deref()),
+                    ("proconnect", "auth.agentconnect.gouv.fr", Some("/jwks"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        v.as_object_mut().unwrap().remove("jwks_path");
+        assert_eq!(
+            Config::from_json(v.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "jwks_path"
+        );
+        v["jwks"] = serde_json::json!({"keys": []});
+        assert_eq!(
+            Config::from_json(v.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "jwks"
+        );
+        // JWKS settings without a signed mode are a mistake worth reporting.
+        assert_eq!(
+            with("jwks_path", "/jwks".into()).unwrap_err().field,
+            "jwks_path"
+        );
+        // Discovery can supply the issuer and the JWKS path.
+        let mut v = minimal();
+        v["signed_response_alg"] = "ES256".into();
+        v["discovery_path"] = "/api/v2/.well-known/openid-configuration".into();
+        let c = Config::from_json(v.to_string().as_bytes()).unwrap();
+        assert!(c.issuer.is_none());
+        assert!(!c.introspection_path_explicit);
     }
 
     #[test]

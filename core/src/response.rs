@@ -5,7 +5,11 @@
 
 use serde_json::Value;
 
+use crate::callout::ACCEPT_JWT;
+use crate::config::{Config, KeySource};
 use crate::decision::Claims;
+use crate::discovery::Endpoints;
+use crate::jwt::{self, Expectations, KeySet, Keys, VerifyError};
 
 /// The parts of the callout response the filter looks at.
 #[derive(Debug, Clone, Copy)]
@@ -159,5 +163,68 @@ mod tests {
             Some("application/token-introspection+jwt")
         );
         assert_eq!(media_type(Some(b"\xff")), None);
+    }
+}
+
+/// Why an answer gave no claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerError {
+    /// A signed answer names a key this VM does not have (or has no keys yet): refetching the
+    /// JWKS may help.
+    UnknownKey,
+    /// Unusable answer: 503. Safe to log.
+    Fault(Fault),
+}
+
+/// The verified claims of an introspection answer, plain or signed as configured.
+pub fn verified_claims(
+    config: &Config,
+    endpoints: &Endpoints,
+    jwks: Option<&KeySet>,
+    answer: &Answer<'_>,
+    now: i64,
+) -> Result<Claims, AnswerError> {
+    let fault = |s: &str| AnswerError::Fault(s.to_string());
+    let Some(signed) = &config.signed else {
+        let claims = parse_json_answer(answer).map_err(AnswerError::Fault)?;
+        // A plain answer that names its issuer must name ours.
+        if let (Some(expected), Some(iss)) = (endpoints.issuer.as_deref(), claims.get("iss")) {
+            if iss.as_str() != Some(expected) {
+                return Err(fault("answer iss is not the configured issuer"));
+            }
+        }
+        return Ok(claims);
+    };
+    check_status(answer).map_err(AnswerError::Fault)?;
+    if media_type(answer.content_type).as_deref() != Some(ACCEPT_JWT) {
+        return Err(fault(
+            "answer is not a signed introspection JWT (Content-Type)",
+        ));
+    }
+    let Some(issuer) = endpoints.issuer.as_deref() else {
+        return Err(fault("issuer unknown (discovery not done)"));
+    };
+    let keys = match &signed.keys {
+        KeySource::ClientSecret => Keys::Secret(config.client_secret.expose().as_bytes()),
+        KeySource::Inline(set) => Keys::Jwks(set),
+        KeySource::Remote { .. } => match jwks {
+            Some(set) => Keys::Jwks(set),
+            None => return Err(AnswerError::UnknownKey),
+        },
+    };
+    let expect = Expectations {
+        alg: signed.alg,
+        issuer,
+        client_id: &config.client_id,
+        now,
+        leeway: signed.iat_leeway,
+        max_age: signed.iat_max_age,
+    };
+    match jwt::verify(answer.body, keys, &expect) {
+        Ok(claims) => Ok(claims),
+        Err(VerifyError::UnknownKey) if matches!(signed.keys, KeySource::Remote { .. }) => {
+            Err(AnswerError::UnknownKey)
+        }
+        Err(e) => Err(fault(e.reason())),
     }
 }

@@ -1,0 +1,599 @@
+//! Signed introspection answers (RFC 9701): key sets and verification.
+//!
+//! The configured algorithm alone decides how an answer is checked; the JWS header can only
+//! select a key (`kid`) of that algorithm's type. Error messages are fixed strings: a claim
+//! value or any part of the token never ends up in a log.
+
+use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa, RsaPublicKey, StrongKey};
+use jwt_compact::jwk::JsonWebKey;
+use jwt_compact::{AlgorithmExt, Claims as JwtClaims, UntrustedToken, ValidationError};
+use p256::ecdsa::VerifyingKey as EcKey;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::decision::Claims;
+
+/// The algorithm the SR registered with ProConnect (`introspection_signed_response_alg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlg {
+    RS256,
+    ES256,
+    HS256,
+}
+
+impl SigningAlg {
+    pub fn name(self) -> &'static str {
+        match self {
+            SigningAlg::RS256 => "RS256",
+            SigningAlg::ES256 => "ES256",
+            SigningAlg::HS256 => "HS256",
+        }
+    }
+
+    /// Whether keys come from a JWKS (asymmetric) rather than the client secret.
+    pub fn uses_jwks(self) -> bool {
+        !matches!(self, SigningAlg::HS256)
+    }
+}
+
+/// Public keys parsed once from a JWKS, kept by type.
+#[derive(Default, Clone)]
+pub struct KeySet {
+    rsa: Vec<(Option<String>, RsaPublicKey)>,
+    ec: Vec<(Option<String>, EcKey)>,
+    /// Keys that were skipped (unsupported type, curve, size or use): for logs.
+    pub skipped: usize,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field(
+                "rsa_kids",
+                &self.rsa.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field(
+                "ec_kids",
+                &self.ec.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS document (`{"keys":[...]}`). Keys that cannot serve for signature
+    /// verification with RS256 or ES256 are skipped, not fatal: a JWKS may hold other keys.
+    pub fn from_jwks(bytes: &[u8]) -> Result<KeySet, &'static str> {
+        let doc: Value = serde_json::from_slice(bytes).map_err(|_| "JWKS is not valid JSON")?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("JWKS has no `keys` array")?;
+        let mut set = KeySet::default();
+        for key in keys {
+            if set.add(key).is_none() {
+                set.skipped += 1;
+            }
+        }
+        Ok(set)
+    }
+
+    fn add(&mut self, key: &Value) -> Option<()> {
+        let obj = key.as_object()?;
+        if let Some(usage) = obj.get("use") {
+            if usage.as_str()? != "sig" {
+                return None;
+            }
+        }
+        let kid = match obj.get("kid") {
+            Some(Value::String(k)) => Some(k.clone()),
+            None => None,
+            Some(_) => return None,
+        };
+        let alg = obj.get("alg").and_then(Value::as_str);
+        let jwk: JsonWebKey<'_> = serde_json::from_value(key.clone()).ok()?;
+        match &jwk {
+            JsonWebKey::Rsa { .. } => {
+                if alg.is_some_and(|a| a != "RS256") {
+                    return None;
+                }
+                let public = RsaPublicKey::try_from(&jwk).ok()?;
+                // At least 2048 bits (RFC 7518 §3.3).
+                let strong = StrongKey::try_from(public).ok()?;
+                self.rsa.push((kid, strong.into_inner()));
+            }
+            JsonWebKey::EllipticCurve { curve, x, y, .. } => {
+                if curve != "P-256" || alg.is_some_and(|a| a != "ES256") {
+                    return None;
+                }
+                let point = p256::EncodedPoint::from_affine_coordinates(
+                    &p256::FieldBytes::from(fixed_32(x)?),
+                    &p256::FieldBytes::from(fixed_32(y)?),
+                    false,
+                );
+                let key = EcKey::from_encoded_point(&point).ok()?;
+                self.ec.push((kid, key));
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    pub fn has_rsa(&self) -> bool {
+        !self.rsa.is_empty()
+    }
+
+    pub fn has_ec(&self) -> bool {
+        !self.ec.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rsa.len() + self.ec.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key for `kid`: the one with that kid, or, for a token without kid (or a key set
+    /// without kids), the only key of the type.
+    fn select<'a, K>(keys: &'a [(Option<String>, K)], kid: Option<&str>) -> Option<&'a K> {
+        if let Some(kid) = kid {
+            if let Some((_, k)) = keys.iter().find(|(k, _)| k.as_deref() == Some(kid)) {
+                return Some(k);
+            }
+        }
+        match keys {
+            [(None, only)] => Some(only),
+            [(Some(_), only)] if kid.is_none() => Some(only),
+            _ => None,
+        }
+    }
+}
+
+fn fixed_32(bytes: &[u8]) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
+}
+
+/// What the answer must match besides its signature.
+pub struct Expectations<'a> {
+    pub alg: SigningAlg,
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    /// Unix seconds.
+    pub now: i64,
+    /// Allowed clock skew for `iat` in the future, seconds.
+    pub leeway: i64,
+    /// Oldest acceptable `iat`, in seconds before `now`.
+    pub max_age: i64,
+}
+
+/// Why a signed answer is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// No key matches the token's `kid` (refetching the JWKS may help).
+    UnknownKey,
+    /// Anything else; the string is fixed and safe to log.
+    Invalid(&'static str),
+}
+
+impl VerifyError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::UnknownKey => "no JWKS key matches the answer's kid",
+            VerifyError::Invalid(r) => r,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    token_introspection: Option<Value>,
+    iss: Option<Value>,
+    aud: Option<Value>,
+}
+
+/// The key material for one verification.
+pub enum Keys<'a> {
+    Jwks(&'a KeySet),
+    Secret(&'a [u8]),
+}
+
+/// Verifies a signed introspection answer and returns its `token_introspection` object.
+pub fn verify(
+    jws: &[u8],
+    keys: Keys<'_>,
+    expect: &Expectations<'_>,
+) -> Result<Claims, VerifyError> {
+    use VerifyError::Invalid;
+    let text = std::str::from_utf8(jws).map_err(|_| Invalid("answer is not a compact JWS"))?;
+    let token =
+        UntrustedToken::new(text.trim()).map_err(|_| Invalid("answer is not a compact JWS"))?;
+    if token.algorithm() != expect.alg.name() {
+        return Err(Invalid("JWS alg is not the configured algorithm"));
+    }
+    match token.header().token_type.as_deref() {
+        Some(t) if is_introspection_typ(t) => {}
+        _ => return Err(Invalid("JWS typ is not token-introspection+jwt")),
+    }
+    let kid = token.header().key_id.as_deref();
+    let checked = match (expect.alg, keys) {
+        (SigningAlg::RS256, Keys::Jwks(set)) => {
+            let key = KeySet::select(&set.rsa, kid).ok_or(VerifyError::UnknownKey)?;
+            Rsa::rs256().validator::<Payload>(key).validate(&token)
+        }
+        (SigningAlg::ES256, Keys::Jwks(set)) => {
+            let key = KeySet::select(&set.ec, kid).ok_or(VerifyError::UnknownKey)?;
+            Es256.validator::<Payload>(key).validate(&token)
+        }
+        (SigningAlg::HS256, Keys::Secret(secret)) => {
+            let key = Hs256Key::new(secret);
+            Hs256.validator::<Payload>(&key).validate(&token)
+        }
+        _ => return Err(Invalid("no key material for the configured algorithm")),
+    };
+    let claims: JwtClaims<Payload> = match checked {
+        Ok(token) => token.into_parts().1,
+        Err(ValidationError::InvalidSignature)
+        | Err(ValidationError::InvalidSignatureLen { .. })
+        | Err(ValidationError::MalformedSignature(_)) => {
+            return Err(Invalid("JWS signature does not verify"))
+        }
+        Err(ValidationError::AlgorithmMismatch { .. }) => {
+            return Err(Invalid("JWS alg is not the configured algorithm"))
+        }
+        Err(_) => return Err(Invalid("JWS payload is malformed")),
+    };
+
+    match &claims.custom.iss {
+        Some(Value::String(iss)) if iss == expect.issuer => {}
+        _ => return Err(Invalid("JWS iss is not the configured issuer")),
+    }
+    let aud_ok = match &claims.custom.aud {
+        Some(Value::String(aud)) => aud == expect.client_id,
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(expect.client_id)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(Invalid("JWS aud does not contain our client_id"));
+    }
+    let Some(iat) = claims.issued_at.map(|t| t.timestamp()) else {
+        return Err(Invalid("JWS has no iat"));
+    };
+    if iat > expect.now.saturating_add(expect.leeway) {
+        return Err(Invalid("JWS iat is in the future"));
+    }
+    if iat < expect.now.saturating_sub(expect.max_age) {
+        return Err(Invalid("JWS iat is too old"));
+    }
+    match claims.custom.token_introspection {
+        Some(Value::Object(map)) if matches!(map.get("active"), Some(Value::Bool(_))) => Ok(map),
+        _ => Err(Invalid(
+            "JWS token_introspection is not an object with a boolean active",
+        )),
+    }
+}
+
+/// RFC 9701 `typ`: `token-introspection+jwt`, case-insensitive, optional `application/` prefix.
+fn is_introspection_typ(typ: &str) -> bool {
+    let lower = typ.to_ascii_lowercase();
+    let bare = lower.strip_prefix("application/").unwrap_or(&lower);
+    bare == "token-introspection+jwt"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jwt_compact::alg::RsaPrivateKey;
+    use jwt_compact::{Claims as C, Header};
+    use serde_json::json;
+    use std::sync::OnceLock;
+
+    const NOW: i64 = 1_790_000_000;
+    const ISS: &str = "https://auth.example/api/v2";
+
+    struct Fixture {
+        rsa: RsaPrivateKey,
+        ec: p256::ecdsa::SigningKey,
+        jwks: Vec<u8>,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let mut rng = rand::rngs::OsRng;
+            let rsa = RsaPrivateKey::new(&mut rng, 2048).unwrap();
+            let ec = p256::ecdsa::SigningKey::random(&mut rng);
+            let mut rsa_jwk = serde_json::to_value(JsonWebKey::from(&rsa.to_public_key())).unwrap();
+            rsa_jwk["kid"] = json!("rsa-1");
+            rsa_jwk["use"] = json!("sig");
+            rsa_jwk["alg"] = json!("RS256");
+            let point = ec.verifying_key().to_encoded_point(false);
+            let b64 = |b: &[u8]| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+            };
+            let ec_jwk = json!({"kty":"EC","crv":"P-256","kid":"ec-1","use":"sig","alg":"ES256",
+                "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())});
+            let jwks = json!({"keys":[rsa_jwk, ec_jwk, {"kty":"oct","k":"AAAA"}]}).to_string();
+            Fixture {
+                rsa,
+                ec,
+                jwks: jwks.into_bytes(),
+            }
+        })
+    }
+
+    fn payload(active: bool) -> Value {
+        json!({"token_introspection": {"active": active, "sub": "u-1", "token_type": "Bearer"},
+            "aud": "sr-client", "iss": ISS})
+    }
+
+    fn sign(
+        alg: SigningAlg,
+        kid: Option<&str>,
+        typ: Option<&str>,
+        body: Value,
+        iat: Option<i64>,
+    ) -> String {
+        let mut header = Header::empty();
+        if let Some(kid) = kid {
+            header = header.with_key_id(kid);
+        }
+        if let Some(typ) = typ {
+            header = header.with_token_type(typ);
+        }
+        let mut claims = C::new(body);
+        claims.issued_at = iat.map(chrono_ts);
+        let f = fixture();
+        match alg {
+            SigningAlg::RS256 => Rsa::rs256().token(&header, &claims, &f.rsa).unwrap(),
+            SigningAlg::ES256 => Es256.token(&header, &claims, &f.ec).unwrap(),
+            SigningAlg::HS256 => Hs256
+                .token(&header, &claims, &Hs256Key::new(b"the-client-secret"))
+                .unwrap(),
+        }
+    }
+
+    fn chrono_ts(t: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(t, 0).unwrap()
+    }
+
+    fn expect(alg: SigningAlg) -> Expectations<'static> {
+        Expectations {
+            alg,
+            issuer: ISS,
+            client_id: "sr-client",
+            now: NOW,
+            leeway: 30,
+            max_age: 120,
+        }
+    }
+
+    fn check(alg: SigningAlg, jws: &str) -> Result<Claims, VerifyError> {
+        let set = KeySet::from_jwks(&fixture().jwks).unwrap();
+        let keys = match alg {
+            SigningAlg::HS256 => Keys::Secret(b"the-client-secret"),
+            _ => Keys::Jwks(&set),
+        };
+        verify(jws.as_bytes(), keys, &expect(alg))
+    }
+
+    const TYP: Option<&str> = Some("token-introspection+jwt");
+
+    #[test]
+    fn jwks_parsing_keeps_usable_keys() {
+        let set = KeySet::from_jwks(&fixture().jwks).unwrap();
+        assert_eq!((set.rsa.len(), set.ec.len(), set.skipped), (1, 1, 1));
+        assert!(KeySet::from_jwks(b"{}").is_err());
+        assert!(KeySet::from_jwks(b"nope").is_err());
+        let weak = json!({"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}).to_string();
+        assert!(KeySet::from_jwks(weak.as_bytes()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn valid_answers_verify_for_each_algorithm() {
+        for (alg, kid) in [
+            (SigningAlg::RS256, Some("rsa-1")),
+            (SigningAlg::ES256, Some("ec-1")),
+            (SigningAlg::HS256, None),
+        ] {
+            let jws = sign(alg, kid, TYP, payload(true), Some(NOW));
+            let claims = check(alg, &jws).unwrap();
+            assert_eq!(claims["sub"], "u-1");
+            let inactive = sign(alg, kid, TYP, payload(false), Some(NOW));
+            assert_eq!(check(alg, &inactive).unwrap()["active"], false);
+        }
+    }
+
+    #[test]
+    fn typ_variants() {
+        for typ in [
+            "token-introspection+jwt",
+            "Token-Introspection+JWT",
+            "application/token-introspection+jwt",
+        ] {
+            let jws = sign(
+                SigningAlg::ES256,
+                Some("ec-1"),
+                Some(typ),
+                payload(true),
+                Some(NOW),
+            );
+            assert!(check(SigningAlg::ES256, &jws).is_ok(), "{typ}");
+        }
+        for typ in [Some("JWT"), None, Some("at+jwt")] {
+            let jws = sign(
+                SigningAlg::ES256,
+                Some("ec-1"),
+                typ,
+                payload(true),
+                Some(NOW),
+            );
+            assert_eq!(
+                check(SigningAlg::ES256, &jws),
+                Err(VerifyError::Invalid(
+                    "JWS typ is not token-introspection+jwt"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn tampering_is_refused() {
+        let jws = sign(
+            SigningAlg::RS256,
+            Some("rsa-1"),
+            TYP,
+            payload(true),
+            Some(NOW),
+        );
+        let parts: Vec<&str> = jws.split('.').collect();
+        // One bit of the signature.
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut sig = engine.decode(parts[2]).unwrap();
+        sig[10] ^= 1;
+        let flipped = format!("{}.{}.{}", parts[0], parts[1], engine.encode(&sig));
+        assert_eq!(
+            check(SigningAlg::RS256, &flipped),
+            Err(VerifyError::Invalid("JWS signature does not verify"))
+        );
+        // Another payload under the same signature.
+        let mut body = payload(true);
+        body["token_introspection"]["sub"] = json!("someone-else");
+        let mut claims = serde_json::to_value(C::new(body)).unwrap();
+        claims["iat"] = json!(NOW);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            engine.encode(claims.to_string()),
+            parts[2]
+        );
+        assert!(check(SigningAlg::RS256, &forged).is_err());
+        // alg none.
+        let none_header = engine.encode(r#"{"alg":"none","typ":"token-introspection+jwt"}"#);
+        let none = format!("{none_header}.{}.", parts[1]);
+        assert!(check(SigningAlg::RS256, &none).is_err());
+        // Garbage.
+        assert!(check(SigningAlg::RS256, "not.a.jws").is_err());
+        assert!(check(SigningAlg::RS256, "").is_err());
+    }
+
+    #[test]
+    fn hs256_with_the_rsa_public_key_is_refused() {
+        let f = fixture();
+        let public_pem = serde_json::to_vec(&JsonWebKey::from(&f.rsa.to_public_key())).unwrap();
+        let mut header = Header::empty().with_token_type("token-introspection+jwt");
+        header = header.with_key_id("rsa-1");
+        let mut claims = C::new(payload(true));
+        claims.issued_at = Some(chrono_ts(NOW));
+        let jws = Hs256
+            .token(&header, &claims, &Hs256Key::new(public_pem))
+            .unwrap();
+        assert_eq!(
+            check(SigningAlg::RS256, &jws),
+            Err(VerifyError::Invalid(
+                "JWS alg is not the configured algorithm"
+            ))
+        );
+        // And an ES256 answer when RS256 is configured.
+        let es = sign(
+            SigningAlg::ES256,
+            Some("ec-1"),
+            TYP,
+            payload(true),
+            Some(NOW),
+        );
+        assert!(check(SigningAlg::RS256, &es).is_err());
+    }
+
+    #[test]
+    fn claims_are_checked() {
+        let alg = SigningAlg::HS256;
+        let mut p = payload(true);
+        p["iss"] = json!("https://evil.example");
+        assert_eq!(
+            check(alg, &sign(alg, None, TYP, p, Some(NOW))),
+            Err(VerifyError::Invalid("JWS iss is not the configured issuer"))
+        );
+        let mut p = payload(true);
+        p["aud"] = json!("another-sr");
+        assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_err());
+        let mut p = payload(true);
+        p["aud"] = json!(["another-sr", "sr-client"]);
+        assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_ok());
+        assert_eq!(
+            check(alg, &sign(alg, None, TYP, payload(true), None)),
+            Err(VerifyError::Invalid("JWS has no iat"))
+        );
+        assert_eq!(
+            check(alg, &sign(alg, None, TYP, payload(true), Some(NOW + 31))),
+            Err(VerifyError::Invalid("JWS iat is in the future"))
+        );
+        assert!(check(alg, &sign(alg, None, TYP, payload(true), Some(NOW + 30))).is_ok());
+        assert_eq!(
+            check(alg, &sign(alg, None, TYP, payload(true), Some(NOW - 121))),
+            Err(VerifyError::Invalid("JWS iat is too old"))
+        );
+        let mut p = payload(true);
+        p["token_introspection"] = json!({"active": "yes"});
+        assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_err());
+        let mut p = payload(true);
+        p.as_object_mut().unwrap().remove("token_introspection");
+        assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_err());
+        // Wrong secret.
+        let other = Hs256
+            .token(
+                &Header::empty().with_token_type("token-introspection+jwt"),
+                &{
+                    let mut c = C::new(payload(true));
+                    c.issued_at = Some(chrono_ts(NOW));
+                    c
+                },
+                &Hs256Key::new(b"another-secret"),
+            )
+            .unwrap();
+        assert!(check(alg, &other).is_err());
+    }
+
+    #[test]
+    fn kid_selection() {
+        let unknown = sign(
+            SigningAlg::RS256,
+            Some("rotated-away"),
+            TYP,
+            payload(true),
+            Some(NOW),
+        );
+        assert_eq!(
+            check(SigningAlg::RS256, &unknown),
+            Err(VerifyError::UnknownKey)
+        );
+        // No kid in the token: the only RSA key is used.
+        let no_kid = sign(SigningAlg::RS256, None, TYP, payload(true), Some(NOW));
+        assert!(check(SigningAlg::RS256, &no_kid).is_ok());
+        // A key without kid is usable when it is the only one of its type.
+        let f = fixture();
+        let jwk = serde_json::to_value(JsonWebKey::from(&f.rsa.to_public_key())).unwrap();
+        let set = KeySet::from_jwks(json!({"keys":[jwk]}).to_string().as_bytes()).unwrap();
+        let jws = sign(
+            SigningAlg::RS256,
+            Some("whatever"),
+            TYP,
+            payload(true),
+            Some(NOW),
+        );
+        assert!(verify(jws.as_bytes(), Keys::Jwks(&set), &expect(SigningAlg::RS256)).is_ok());
+        let empty = KeySet::default();
+        assert_eq!(
+            verify(
+                jws.as_bytes(),
+                Keys::Jwks(&empty),
+                &expect(SigningAlg::RS256)
+            ),
+            Err(VerifyError::UnknownKey)
+        );
+    }
+}
