@@ -423,8 +423,11 @@ pub struct StackOptions {
     pub as_args: Vec<String>,
     /// The client registered at the mock (`id`, `secret`, alg).
     pub client_alg: &'static str,
-    /// Edits applied to the default plugin configuration.
+    /// Edits applied to the default plugin configuration (`null` removes a field). The string
+    /// `"@issuer"` stands for the mock's issuer, known only once it runs.
     pub plugin: Value,
+    /// Make the mock's JWKS endpoint answer 503 before Envoy starts.
+    pub jwks_down_at_start: bool,
 }
 
 impl Default for StackOptions {
@@ -433,6 +436,7 @@ impl Default for StackOptions {
             as_args: Vec::new(),
             client_alg: "none",
             plugin: json!({}),
+            jwks_down_at_start: false,
         }
     }
 }
@@ -457,10 +461,15 @@ impl Stack {
             for (k, v) in edits {
                 if v.is_null() {
                     plugin.as_object_mut().expect("object").remove(k);
+                } else if v == "@issuer" {
+                    plugin[k] = json!(auth.issuer());
                 } else {
                     plugin[k] = v.clone();
                 }
             }
+        }
+        if options.jwks_down_at_start {
+            auth.admin("/_mock/jwks", json!({ "available": false }));
         }
         let template = fs::read_to_string(root().join("envoy/envoy.yaml.in")).expect("template");
         let yaml = render_envoy_config(&template, sr.port, auth.port, &plugin);
@@ -509,6 +518,18 @@ impl Stack {
     pub fn get_with_token(&self, path: &str, token: &str) -> Response {
         let value = format!("Bearer {token}");
         self.get(path, &[("authorization", value.as_bytes())])
+    }
+
+    /// Sends requests with `token` until one gets `status`, for at most `deadline`.
+    pub fn eventually(&self, token: &str, status: u16, deadline: Duration) -> Response {
+        let start = Instant::now();
+        loop {
+            let r = self.get_with_token("/api/users/me", token);
+            if r.status == status || start.elapsed() > deadline {
+                return r;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Requests the SR has received through Envoy.
