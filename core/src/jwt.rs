@@ -5,9 +5,10 @@
 //! value or any part of the token never ends up in a log.
 
 use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa, RsaPublicKey, StrongKey};
-use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{AlgorithmExt, Claims as JwtClaims, UntrustedToken, ValidationError};
+use base64::Engine as _;
 use p256::ecdsa::VerifyingKey as EcKey;
+use rsa::BigUint;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -92,24 +93,33 @@ impl KeySet {
             Some(_) => return None,
         };
         let alg = obj.get("alg").and_then(Value::as_str);
-        let jwk: JsonWebKey<'_> = serde_json::from_value(key.clone()).ok()?;
-        match &jwk {
-            JsonWebKey::Rsa { .. } => {
+        let member = |name: &str| -> Option<Vec<u8>> {
+            let text = obj.get(name)?.as_str()?;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(text.trim_end_matches('='))
+                .ok()
+        };
+        match obj.get("kty").and_then(Value::as_str)? {
+            "RSA" => {
                 if alg.is_some_and(|a| a != "RS256") {
                     return None;
                 }
-                let public = RsaPublicKey::try_from(&jwk).ok()?;
+                let n = BigUint::from_bytes_be(&member("n")?);
+                let e = BigUint::from_bytes_be(&member("e")?);
+                let public = RsaPublicKey::new(n, e).ok()?;
                 // At least 2048 bits (RFC 7518 §3.3).
                 let strong = StrongKey::try_from(public).ok()?;
                 self.rsa.push((kid, strong.into_inner()));
             }
-            JsonWebKey::EllipticCurve { curve, x, y, .. } => {
-                if curve != "P-256" || alg.is_some_and(|a| a != "ES256") {
+            "EC" => {
+                if obj.get("crv").and_then(Value::as_str)? != "P-256"
+                    || alg.is_some_and(|a| a != "ES256")
+                {
                     return None;
                 }
                 let point = p256::EncodedPoint::from_affine_coordinates(
-                    &p256::FieldBytes::from(fixed_32(x)?),
-                    &p256::FieldBytes::from(fixed_32(y)?),
+                    &p256::FieldBytes::from(fixed_32(&member("x")?)?),
+                    &p256::FieldBytes::from(fixed_32(&member("y")?)?),
                     false,
                 );
                 let key = EcKey::from_encoded_point(&point).ok()?;
@@ -286,6 +296,7 @@ fn is_introspection_typ(typ: &str) -> bool {
 mod tests {
     use super::*;
     use jwt_compact::alg::RsaPrivateKey;
+    use jwt_compact::jwk::JsonWebKey;
     use jwt_compact::{Claims as C, Header};
     use serde_json::json;
     use std::sync::OnceLock;
