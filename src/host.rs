@@ -6,7 +6,7 @@
 //! that worker fails. These wrappers return the status instead. Only `dispatch_http_call` goes
 //! through the SDK, because the SDK must register the callout to route its answer back.
 
-use proxy_wasm::types::{BufferType, MapType, Status, StreamType};
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status, StreamType};
 use std::ptr::{null, null_mut};
 
 #[link(wasm_import_module = "env")]
@@ -166,4 +166,85 @@ pub fn send_local_response(
 pub fn resume_request() -> Result<(), Status> {
     // SAFETY: no pointers.
     unsafe { ok(proxy_continue_stream(StreamType::HttpRequest)) }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> Status;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> Status;
+    fn proxy_define_metric(
+        metric_type: MetricType,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> Status;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+}
+
+/// A shared-data value and its CAS token; `None` if the key does not exist.
+pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    let mut cas = 0;
+    // SAFETY: out-pointers are valid locals; `key` outlives the call.
+    unsafe {
+        match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
+            Status::Ok => Ok(Some((owned(data, size), cas))),
+            Status::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+}
+
+/// Writes a shared-data value; `cas` 0 writes unconditionally, otherwise the write fails with
+/// `CasMismatch` if the value changed since it was read.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
+    // SAFETY: pointers to live slices, lengths match.
+    unsafe {
+        ok(proxy_set_shared_data(
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+            cas,
+        ))
+    }
+}
+
+/// Defines (or finds) a metric; `None` if the host refuses.
+pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: `name` outlives the call; `id` is a valid out-pointer.
+    let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    (status == Status::Ok).then_some(id)
+}
+
+pub fn increment_metric(id: u32, by: i64) {
+    // SAFETY: no pointers. A failure only loses a count.
+    let _ = unsafe { proxy_increment_metric(id, by) };
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    // SAFETY: no pointers. A failure only loses a sample.
+    let _ = unsafe { proxy_record_metric(id, value) };
+}
+
+/// Makes later host calls act on another request of this VM.
+pub fn set_effective_context(id: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    unsafe { ok(proxy_set_effective_context(id)) }
 }

@@ -11,12 +11,13 @@ mod host;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use introspection_core::bearer::{self, Credentials};
+use introspection_core::cache::{self, CacheKey};
 use introspection_core::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
 use introspection_core::config::KeySource;
-use introspection_core::decision::{self, Decision, Denial};
+use introspection_core::decision::{self, Claims, Decision, Denial};
 use introspection_core::discovery::{self, Endpoints};
 use introspection_core::headers::decode_pairs;
 use introspection_core::jwt::KeySet;
@@ -26,7 +27,7 @@ use introspection_core::{reply, Config};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 proxy_wasm::main! {{
     // Installs the SDK's logger and a panic hook that logs at critical level before the abort.
@@ -53,9 +54,84 @@ struct Shared {
     keys: KeyState,
     discovery_attempt: Option<i64>,
     discovery_in_flight: bool,
+    /// What scopes cache entries to this configuration, and its shared-data key prefix.
+    cache_scope: Vec<u8>,
+    cache_prefix: String,
+    /// Introspections in progress in this VM, by token fingerprint: one callout per token at a
+    /// time, the other requests for the same token wait for its answer.
+    flights: HashMap<[u8; 32], Flight>,
+    metrics: Metrics,
 }
 
 type SharedRef = Rc<RefCell<Shared>>;
+
+/// One introspection callout and the requests waiting for its answer.
+struct Flight {
+    leader: u32,
+    waiters: Vec<u32>,
+}
+
+/// Metric ids (Envoy shows them in `/stats` as `wasmcustom.introspection.*`).
+#[derive(Clone, Copy, Default)]
+struct Metrics {
+    allowed: Option<u32>,
+    denied_missing: Option<u32>,
+    denied_malformed: Option<u32>,
+    denied_inactive: Option<u32>,
+    denied_scope: Option<u32>,
+    denied_unavailable: Option<u32>,
+    cache_hit: Option<u32>,
+    cache_miss: Option<u32>,
+    cache_store: Option<u32>,
+    callout_sent: Option<u32>,
+    callout_failed: Option<u32>,
+    callout_coalesced: Option<u32>,
+    callout_latency_ms: Option<u32>,
+    jwks_fetch_ok: Option<u32>,
+    jwks_fetch_failed: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let counter = |name: &str| host::define_metric(MetricType::Counter, name);
+        Metrics {
+            allowed: counter("introspection.allowed"),
+            denied_missing: counter("introspection.denied.missing"),
+            denied_malformed: counter("introspection.denied.malformed"),
+            denied_inactive: counter("introspection.denied.inactive"),
+            denied_scope: counter("introspection.denied.scope"),
+            denied_unavailable: counter("introspection.denied.unavailable"),
+            cache_hit: counter("introspection.cache.hit"),
+            cache_miss: counter("introspection.cache.miss"),
+            cache_store: counter("introspection.cache.store"),
+            callout_sent: counter("introspection.callout.sent"),
+            callout_failed: counter("introspection.callout.failed"),
+            callout_coalesced: counter("introspection.callout.coalesced"),
+            callout_latency_ms: host::define_metric(
+                MetricType::Histogram,
+                "introspection.callout.latency_ms",
+            ),
+            jwks_fetch_ok: counter("introspection.jwks.fetch_ok"),
+            jwks_fetch_failed: counter("introspection.jwks.fetch_failed"),
+        }
+    }
+
+    fn bump(id: Option<u32>) {
+        if let Some(id) = id {
+            host::increment_metric(id, 1);
+        }
+    }
+
+    fn denied(&self, denial: &Denial) {
+        Metrics::bump(match denial {
+            Denial::Missing => self.denied_missing,
+            Denial::Malformed(_) => self.denied_malformed,
+            Denial::Invalid(_) => self.denied_inactive,
+            Denial::InsufficientScope => self.denied_scope,
+            Denial::Unavailable(_) => self.denied_unavailable,
+        });
+    }
+}
 
 /// A callout of the root context.
 enum Fetch {
@@ -163,12 +239,18 @@ impl RootContext for GateRoot {
                 config.signed.as_ref().map(|s| &s.keys),
                 Some(KeySource::Remote { .. })
             );
+        let cache_scope = cache::scope_of(&config);
+        let cache_prefix = cache::key_prefix(&cache_scope);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config,
             endpoints,
             keys: KeyState::default(),
             discovery_attempt: None,
             discovery_in_flight: false,
+            cache_scope,
+            cache_prefix,
+            flights: HashMap::new(),
+            metrics: Metrics::define(),
         })));
         if needs_fetches {
             if let Err(status) = hostcalls::set_tick_period(TICK) {
@@ -195,6 +277,8 @@ impl RootContext for GateRoot {
             shared: self.shared.clone(),
             id: context_id,
             phase: Phase::Idle,
+            key: None,
+            callout_started: None,
         }))
     }
 }
@@ -274,9 +358,16 @@ fn finish_jwks_fetch(shared: &SharedRef, now: i64, answer: Result<StoredAnswer, 
         KeySet::from_jwks(&a.body).map_err(String::from)
     });
     let skipped = parsed.as_ref().map_or(0, |k| k.skipped);
-    match shared.borrow_mut().keys.fetch_finished(now, parsed) {
-        Ok(n) => info!("JWKS loaded: {n} usable keys ({skipped} skipped)"),
-        Err(e) => warn!("JWKS fetch failed, keeping the previous keys if any: {e}"),
+    let mut s = shared.borrow_mut();
+    match s.keys.fetch_finished(now, parsed) {
+        Ok(n) => {
+            Metrics::bump(s.metrics.jwks_fetch_ok);
+            info!("JWKS loaded: {n} usable keys ({skipped} skipped)");
+        }
+        Err(e) => {
+            Metrics::bump(s.metrics.jwks_fetch_failed);
+            warn!("JWKS fetch failed, keeping the previous keys if any: {e}");
+        }
     }
 }
 
@@ -343,6 +434,10 @@ enum Phase {
     Introspecting,
     /// A signed answer named an unknown key: waiting for a fresh JWKS to check it again.
     RefetchingKeys(StoredAnswer),
+    /// Another request of this VM is introspecting the same token: waiting for its answer.
+    Waiting,
+    /// Decided.
+    Done,
 }
 
 /// One request.
@@ -352,6 +447,9 @@ struct Gate {
     shared: Option<SharedRef>,
     id: u32,
     phase: Phase,
+    /// Cache slot and fingerprint of this request's token.
+    key: Option<CacheKey>,
+    callout_started: Option<SystemTime>,
 }
 
 impl Context for Gate {
@@ -368,23 +466,81 @@ impl Context for Gate {
         let config = shared.borrow().config.clone();
         let now = now().unwrap_or(0);
         let answer = read_answer(num_headers, body_size, config.max_response_bytes);
-        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
-        let decision = match phase {
-            Phase::Introspecting => match answer {
-                Ok(answer) => self.judge(&shared, &config, answer, now, true),
-                Err(fault) => Some(Decision::Deny(Denial::Unavailable(fault))),
-            },
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        let outcome = match phase {
+            Phase::Introspecting => {
+                self.record_latency(&shared);
+                match answer {
+                    Ok(answer) => self.judge(&shared, &config, answer, now, true),
+                    Err(fault) => Some(Err(fault)),
+                }
+            }
             Phase::RefetchingKeys(stored) => {
                 finish_jwks_fetch(&shared, now, answer);
                 self.judge(&shared, &config, stored, now, false)
             }
-            Phase::Idle => Some(Decision::Deny(Denial::Unavailable(
-                "unexpected callout answer".into(),
-            ))),
+            Phase::Idle | Phase::Waiting | Phase::Done => {
+                Some(Err("unexpected callout answer".to_string()))
+            }
         };
-        if let Some(decision) = decision {
-            self.apply(&config, decision);
+        let Some(outcome) = outcome else {
+            return; // a JWKS refetch is under way; judged again when it answers
+        };
+        if outcome.is_err() {
+            Metrics::bump(shared.borrow().metrics.callout_failed);
         }
+        if let (Ok(claims), Some(key)) = (&outcome, &self.key) {
+            store_in_cache(&shared, &config, key, claims, now);
+        }
+        let decide = |outcome: &Result<Claims, String>| match outcome {
+            Ok(claims) => decision::evaluate(&config, claims, now),
+            Err(fault) => Decision::Deny(Denial::Unavailable(fault.clone())),
+        };
+        conclude(&shared, self.id, &config, decide(&outcome), true);
+        // The requests that waited for this answer get the same treatment, each its own
+        // decision (the policy is the same, the verdict too).
+        let waiters = self.take_flight(&shared);
+        for waiter in waiters {
+            if host::set_effective_context(waiter).is_ok() {
+                conclude(&shared, waiter, &config, decide(&outcome), true);
+            }
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        let Some(shared) = self.shared.clone() else {
+            return true;
+        };
+        match self.phase {
+            // This request was introspecting for others and goes away (client gone): its
+            // callout is cancelled with it, so its waiters are refused rather than left hanging.
+            Phase::Introspecting | Phase::RefetchingKeys(_) => {
+                let waiters = self.take_flight(&shared);
+                let config = shared.borrow().config.clone();
+                for waiter in waiters {
+                    if host::set_effective_context(waiter).is_ok() {
+                        conclude(
+                            &shared,
+                            waiter,
+                            &config,
+                            Decision::Deny(Denial::Unavailable(
+                                "the request introspecting this token went away".into(),
+                            )),
+                            true,
+                        );
+                    }
+                }
+            }
+            Phase::Waiting => {
+                if let Some(key) = &self.key {
+                    if let Some(flight) = shared.borrow_mut().flights.get_mut(&key.fingerprint) {
+                        flight.waiters.retain(|w| *w != self.id);
+                    }
+                }
+            }
+            Phase::Idle | Phase::Done => {}
+        }
+        true
     }
 }
 
@@ -443,7 +599,45 @@ impl HttpContext for Gate {
         };
         drop(pairs);
 
-        // 3. Ask the authorization server; the request waits for its answer.
+        // 3. A cached answer (shared by all workers): the policy is applied to it afresh.
+        let now = now().unwrap_or(0);
+        let (key, metrics, cached) = {
+            let s = shared.borrow();
+            let slots = config.cache.max_entries.max(1);
+            let key = cache::key_for(&s.cache_prefix, &s.cache_scope, &token, slots);
+            let cached = if config.cache.enabled() {
+                cache_lookup(&key, now)
+            } else {
+                None
+            };
+            (key, s.metrics, cached)
+        };
+        if let Some(claims) = cached {
+            Metrics::bump(metrics.cache_hit);
+            self.phase = Phase::Done;
+            return conclude(
+                &shared,
+                self.id,
+                &config,
+                decision::evaluate(&config, &claims, now),
+                false,
+            );
+        }
+        if config.cache.enabled() {
+            Metrics::bump(metrics.cache_miss);
+        }
+
+        // 4. One callout per token at a time in this VM: join one in flight.
+        if let Some(flight) = shared.borrow_mut().flights.get_mut(&key.fingerprint) {
+            flight.waiters.push(self.id);
+            Metrics::bump(metrics.callout_coalesced);
+            self.key = Some(key);
+            self.phase = Phase::Waiting;
+            debug!("[{}] waiting for the introspection in flight", self.id);
+            return Action::Pause;
+        }
+
+        // 5. Ask the authorization server; the request waits for its answer.
         let Some(path) = shared
             .borrow()
             .endpoints
@@ -463,7 +657,17 @@ impl HttpContext for Gate {
         let request = callout::introspection_request(&config, &path, &token, accept);
         match dispatch(&config.cluster, &request, config.timeout) {
             Ok(_) => {
+                Metrics::bump(metrics.callout_sent);
+                shared.borrow_mut().flights.insert(
+                    key.fingerprint,
+                    Flight {
+                        leader: self.id,
+                        waiters: Vec::new(),
+                    },
+                );
+                self.key = Some(key);
                 self.phase = Phase::Introspecting;
+                self.callout_started = hostcalls::get_current_time().ok();
                 debug!("[{}] introspection callout sent", self.id);
                 Action::Pause
             }
@@ -473,8 +677,8 @@ impl HttpContext for Gate {
 }
 
 impl Gate {
-    /// Turns an answer into a decision; `None` when a JWKS refetch was started and the answer
-    /// will be judged again when it arrives.
+    /// Verifies an answer into claims (or a fault to answer 503 with); `None` when a JWKS
+    /// refetch was started and the answer will be judged again when it arrives.
     fn judge(
         &mut self,
         shared: &SharedRef,
@@ -482,14 +686,12 @@ impl Gate {
         answer: StoredAnswer,
         now: i64,
         may_refetch: bool,
-    ) -> Option<Decision> {
+    ) -> Option<Result<Claims, String>> {
         let started = hostcalls::get_current_time().ok();
         let claims = {
             let s = shared.borrow();
             let Some(endpoints) = s.endpoints.as_ref() else {
-                return Some(Decision::Deny(Denial::Unavailable(
-                    "discovery document not loaded yet".into(),
-                )));
+                return Some(Err("discovery document not loaded yet".into()));
             };
             let keys = s.keys.keys();
             response::verified_claims(config, endpoints, keys.as_deref(), &answer.view(), now)
@@ -505,17 +707,15 @@ impl Gate {
             );
         }
         match claims {
-            Ok(claims) => Some(decision::evaluate(config, &claims, now)),
-            Err(AnswerError::Fault(fault)) => Some(Decision::Deny(Denial::Unavailable(fault))),
+            Ok(claims) => Some(Ok(claims)),
+            Err(AnswerError::Fault(fault)) => Some(Err(fault)),
             Err(AnswerError::UnknownKey) => {
                 let interval = config.signed.as_ref().map_or(0, |s| {
                     i64::try_from(s.refetch_interval.as_secs()).unwrap_or(0)
                 });
                 let mut s = shared.borrow_mut();
                 if !may_refetch || !s.keys.kid_refetch_allowed(now, interval) {
-                    return Some(Decision::Deny(Denial::Unavailable(
-                        "no JWKS key matches the answer's kid".into(),
-                    )));
+                    return Some(Err("no JWKS key matches the answer's kid".into()));
                 }
                 match start_jwks_fetch(&mut s, now, true) {
                     Ok(_) => {
@@ -523,70 +723,50 @@ impl Gate {
                         self.phase = Phase::RefetchingKeys(answer);
                         None
                     }
-                    Err(e) => Some(Decision::Deny(Denial::Unavailable(format!(
+                    Err(e) => Some(Err(format!(
                         "unknown kid and no JWKS refetch possible: {e}"
-                    )))),
+                    ))),
                 }
             }
         }
     }
 
-    /// Resumes with the identity headers set, or answers locally.
-    fn apply(&self, config: &Config, decision: Decision) {
-        let headers = match decision {
-            Decision::Allow(headers) => headers,
-            Decision::Deny(denial) => {
-                self.deny(config, &denial);
-                return;
-            }
+    /// Answers locally (see [`deny`]).
+    fn deny(&mut self, config: &Config, denial: &Denial) -> Action {
+        self.phase = Phase::Done;
+        if let Some(shared) = &self.shared {
+            shared.borrow().metrics.denied(denial);
+        }
+        deny(self.id, config, denial)
+    }
+
+    /// Ends this request's flight and returns the requests that waited for it.
+    fn take_flight(&self, shared: &SharedRef) -> Vec<u32> {
+        let Some(key) = &self.key else {
+            return Vec::new();
         };
-        for (name, value) in &headers {
-            if let Err(status) = host::set_request_header(name, value) {
-                self.deny(
-                    config,
-                    &Denial::Unavailable(format!("cannot set header `{name}`: {status:?}")),
-                );
-                return;
-            }
-        }
-        if !config.forward_authorization {
-            if let Err(status) = host::remove_request_header("authorization") {
-                self.deny(
-                    config,
-                    &Denial::Unavailable(format!("cannot remove Authorization: {status:?}")),
-                );
-                return;
-            }
-        }
-        debug!("[{}] allowed", self.id);
-        if let Err(status) = host::resume_request() {
-            error!("[{}] cannot resume the request: {status:?}", self.id);
+        let mut s = shared.borrow_mut();
+        match s.flights.get(&key.fingerprint) {
+            Some(flight) if flight.leader == self.id => s
+                .flights
+                .remove(&key.fingerprint)
+                .map(|f| f.waiters)
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 
-    /// Answers locally. The request stays paused: it never reaches the upstream.
-    fn deny(&self, config: &Config, denial: &Denial) -> Action {
-        match denial {
-            Denial::Unavailable(reason) => warn!("[{}] denied (unavailable): {reason}", self.id),
-            other => debug!(
-                "[{}] denied ({}): {}",
-                self.id,
-                other.kind(),
-                other.reason()
-            ),
+    fn record_latency(&self, shared: &SharedRef) {
+        let (Some(id), Some(t0)) = (
+            shared.borrow().metrics.callout_latency_ms,
+            self.callout_started,
+        ) else {
+            return;
+        };
+        if let Ok(t1) = hostcalls::get_current_time() {
+            let ms = t1.duration_since(t0).map_or(0, |d| d.as_millis());
+            host::record_metric(id, u64::try_from(ms).unwrap_or(u64::MAX));
         }
-        let reply = reply::for_denial(config, denial);
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
-        if let Err(status) =
-            host::send_local_response(reply.status, &headers, reply.body.as_bytes())
-        {
-            error!("[{}] cannot send the local reply: {status:?}", self.id);
-        }
-        Action::Pause
     }
 
     fn refuse_unconfigured(&self) {
@@ -601,6 +781,122 @@ impl Gate {
             body,
         ) {
             error!("[{}] cannot send the local reply: {status:?}", self.id);
+        }
+    }
+}
+
+/// Applies a decision to request `id` (the effective context): set the identity headers and
+/// let it through (resuming it if it was paused), or answer locally.
+fn conclude(
+    shared: &SharedRef,
+    id: u32,
+    config: &Config,
+    decision: Decision,
+    resume: bool,
+) -> Action {
+    let metrics = shared.borrow().metrics;
+    let headers = match decision {
+        Decision::Allow(headers) => headers,
+        Decision::Deny(denial) => {
+            metrics.denied(&denial);
+            return deny(id, config, &denial);
+        }
+    };
+    let mut failure = None;
+    for (name, value) in &headers {
+        if let Err(status) = host::set_request_header(name, value) {
+            failure = Some(format!("cannot set header `{name}`: {status:?}"));
+            break;
+        }
+    }
+    if failure.is_none() && !config.forward_authorization {
+        if let Err(status) = host::remove_request_header("authorization") {
+            failure = Some(format!("cannot remove Authorization: {status:?}"));
+        }
+    }
+    if let Some(reason) = failure {
+        let denial = Denial::Unavailable(reason);
+        metrics.denied(&denial);
+        return deny(id, config, &denial);
+    }
+    Metrics::bump(metrics.allowed);
+    debug!("[{id}] allowed");
+    if resume {
+        if let Err(status) = host::resume_request() {
+            error!("[{id}] cannot resume the request: {status:?}");
+        }
+    }
+    Action::Continue
+}
+
+/// Answers request `id` locally. The request never reaches the upstream.
+fn deny(id: u32, config: &Config, denial: &Denial) -> Action {
+    match denial {
+        Denial::Unavailable(reason) => warn!("[{id}] denied (unavailable): {reason}"),
+        other => debug!("[{id}] denied ({}): {}", other.kind(), other.reason()),
+    }
+    let reply = reply::for_denial(config, denial);
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    if let Err(status) = host::send_local_response(reply.status, &headers, reply.body.as_bytes()) {
+        error!("[{id}] cannot send the local reply: {status:?}");
+    }
+    Action::Pause
+}
+
+/// A live cache entry for this token, if any.
+fn cache_lookup(key: &CacheKey, now: i64) -> Option<Claims> {
+    match host::shared_data(&key.slot_key) {
+        Ok(Some((bytes, _))) => cache::decode_entry(&bytes, &key.fingerprint, now),
+        Ok(None) => None,
+        Err(status) => {
+            warn!("cache read failed: {status:?}");
+            None
+        }
+    }
+}
+
+/// Stores verified claims if the policy allows, replacing whatever the slot held. Written with
+/// compare-and-swap; one retry if another worker wrote the slot in between.
+fn store_in_cache(shared: &SharedRef, config: &Config, key: &CacheKey, claims: &Claims, now: i64) {
+    let Some(expires_at) = config.cache.expires_at(config, claims, now) else {
+        return;
+    };
+    let entry = cache::encode_entry(
+        &key.fingerprint,
+        expires_at,
+        &cache::kept_claims(config, claims),
+    );
+    for _ in 0..2 {
+        let cas = match host::shared_data(&key.slot_key) {
+            Ok(Some((bytes, cas))) => {
+                // Another worker already stored this token, for at least as long: keep it.
+                if cache::decode_entry(&bytes, &key.fingerprint, now).is_some()
+                    && cache::entry_expiry(&bytes) >= Some(expires_at)
+                {
+                    return;
+                }
+                cas
+            }
+            Ok(None) => 0,
+            Err(status) => {
+                warn!("cache read failed: {status:?}");
+                return;
+            }
+        };
+        match host::set_shared_data(&key.slot_key, &entry, cas) {
+            Ok(()) => {
+                Metrics::bump(shared.borrow().metrics.cache_store);
+                return;
+            }
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                warn!("cache write failed: {status:?}");
+                return;
+            }
         }
     }
 }

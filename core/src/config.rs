@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::cache::CachePolicy;
 use crate::jwt::{KeySet, SigningAlg};
 use crate::secret::Secret;
 
@@ -106,6 +107,18 @@ struct RawConfig {
     iat_leeway_secs: u64,
     #[serde(default = "default_iat_max_age_secs")]
     iat_max_age_secs: u64,
+    #[serde(default)]
+    cache: Option<RawCache>,
+}
+
+/// `cache` in the configuration.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_entries: Option<u32>,
+    max_ttl_secs: Option<u32>,
+    no_exp_ttl_secs: Option<u32>,
+    inactive_ttl_secs: Option<u32>,
 }
 
 fn default_jwks_refresh_secs() -> u64 {
@@ -191,6 +204,7 @@ pub struct Config {
     pub discovery_path: Option<String>,
     /// Whether `introspection_path` was set explicitly (discovery does not override it then).
     pub introspection_path_explicit: bool,
+    pub cache: CachePolicy,
 }
 
 /// Where the verification keys of signed answers come from.
@@ -474,6 +488,44 @@ impl Config {
             }
         };
 
+        let defaults = CachePolicy::default();
+        let cache = match raw.cache {
+            None => defaults,
+            Some(c) => {
+                let policy = CachePolicy {
+                    max_entries: c.max_entries.unwrap_or(defaults.max_entries),
+                    max_ttl: c.max_ttl_secs.map_or(defaults.max_ttl, i64::from),
+                    no_exp_ttl: c.no_exp_ttl_secs.map_or(defaults.no_exp_ttl, i64::from),
+                    inactive_ttl: c.inactive_ttl_secs.map_or(defaults.inactive_ttl, i64::from),
+                };
+                if policy.max_entries > 1_000_000 {
+                    return Err(ConfigError::new(
+                        "cache.max_entries",
+                        "must be at most 1000000 (0 disables the cache)",
+                    ));
+                }
+                if !(1..=86_400).contains(&policy.max_ttl) {
+                    return Err(ConfigError::new(
+                        "cache.max_ttl_secs",
+                        "must be between 1 and 86400",
+                    ));
+                }
+                if policy.no_exp_ttl > 3600 {
+                    return Err(ConfigError::new(
+                        "cache.no_exp_ttl_secs",
+                        "must be at most 3600 (0: answers without expiry are not cached)",
+                    ));
+                }
+                if policy.inactive_ttl > 3600 {
+                    return Err(ConfigError::new(
+                        "cache.inactive_ttl_secs",
+                        "must be at most 3600 (0: inactive answers are not cached)",
+                    ));
+                }
+                policy
+            }
+        };
+
         Ok(Config {
             cluster,
             authority,
@@ -498,6 +550,7 @@ impl Config {
             issuer,
             discovery_path: raw.discovery_path,
             introspection_path_explicit,
+            cache,
         })
     }
 }
@@ -833,6 +886,32 @@ mod tests {
         let c = Config::from_json(v.to_string().as_bytes()).unwrap();
         assert!(c.issuer.is_none());
         assert!(!c.introspection_path_explicit);
+    }
+
+    #[test]
+    fn cache_settings() {
+        let c = Config::from_json(minimal().to_string().as_bytes()).unwrap();
+        assert_eq!(c.cache, CachePolicy::default());
+        let c = with("cache", serde_json::json!({"max_entries": 0})).unwrap();
+        assert!(!c.cache.enabled());
+        let c = with(
+            "cache",
+            serde_json::json!({"max_ttl_secs": 30, "inactive_ttl_secs": 0}),
+        )
+        .unwrap();
+        assert_eq!((c.cache.max_ttl, c.cache.inactive_ttl), (30, 0));
+        assert_eq!(
+            with("cache", serde_json::json!({"max_ttl_secs": 0}))
+                .unwrap_err()
+                .field,
+            "cache.max_ttl_secs"
+        );
+        assert_eq!(
+            with("cache", serde_json::json!({"ttl": 5}))
+                .unwrap_err()
+                .field,
+            "cache"
+        );
     }
 
     #[test]

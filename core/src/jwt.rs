@@ -4,9 +4,9 @@
 //! select a key (`kid`) of that algorithm's type. Error messages are fixed strings: a claim
 //! value or any part of the token never ends up in a log.
 
+use base64::Engine as _;
 use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa, RsaPublicKey, StrongKey};
 use jwt_compact::{AlgorithmExt, Claims as JwtClaims, UntrustedToken, ValidationError};
-use base64::Engine as _;
 use p256::ecdsa::VerifyingKey as EcKey;
 use rsa::BigUint;
 use serde::Deserialize;

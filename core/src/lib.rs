@@ -5,6 +5,7 @@
 //! therefore unit-tested natively.
 
 pub mod bearer;
+pub mod cache;
 pub mod callout;
 pub mod config;
 pub mod decision;

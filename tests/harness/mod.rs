@@ -393,7 +393,9 @@ pub fn default_plugin_config(as_port: u16, client_secret: &str) -> Value {
         "client_id": CLIENT_ID,
         "client_secret": client_secret,
         "timeout_ms": 3000,
-        "claim_headers": { "client_id": "x-token-client-id", "scope": "x-token-scope" }
+        "claim_headers": { "client_id": "x-token-client-id", "scope": "x-token-scope" },
+        // Most cases check one introspection per request; the cache has its own suite.
+        "cache": { "max_entries": 0 }
     })
 }
 
@@ -530,6 +532,11 @@ impl Stack {
             }
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// A filter metric (`wasmcustom.introspection.<name>` in `/stats`).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.envoy.stat(&format!("wasmcustom.introspection.{name}"))
     }
 
     /// Requests the SR has received through Envoy.
