@@ -46,15 +46,16 @@ wait_http "http://127.0.0.1:$AS_PORT/api/v2/.well-known/openid-configuration" "m
 wait_http "http://127.0.0.1:$SR_PORT/healthz" "sample-sr"
 
 PLUGIN_CONFIG=$(cat <<JSON
-{"cluster":"authorization_server","authority":"127.0.0.1:$AS_PORT","client_id":"$CLIENT_ID","client_secret":"$CLIENT_SECRET","claim_headers":{"client_id":"x-token-client-id","scope":"x-token-scope"}}
+{"cluster":"authorization_server","authority":"127.0.0.1:$AS_PORT","client_id":"$CLIENT_ID","client_secret_env":"INTROSPECTION_CLIENT_SECRET","claim_headers":{"client_id":"x-token-client-id","scope":"x-token-scope"}}
 JSON
 )
 sed -e "s|\${ADMIN_PORT}|$ADMIN_PORT|g" -e "s|\${LISTEN_PORT}|$PORT|g" \
     -e "s|\${SR_PORT}|$SR_PORT|g" -e "s|\${AS_PORT}|$AS_PORT|g" \
     -e "s|\${WASM_PATH}|$WASM|g" -e "s|\${PLUGIN_CONFIG}|$PLUGIN_CONFIG|g" \
     "$ROOT/envoy/envoy.yaml.in" >"$RUN/envoy.yaml"
+# The client secret reaches the filter through Envoy's environment, not the config file.
 # shellcheck disable=SC2086
-$ENVOY -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart \
+INTROSPECTION_CLIENT_SECRET="$CLIENT_SECRET" $ENVOY -c "$RUN/envoy.yaml" --concurrency 2 --disable-hot-restart \
   --log-level warn --component-log-level wasm:info >"$RUN/envoy.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$ADMIN_PORT/ready" "envoy"

@@ -213,7 +213,7 @@ impl RootContext for GateRoot {
                 return false;
             }
         };
-        let config = match Config::from_json(&bytes) {
+        let config = match Config::from_json_with_env(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => Rc::new(config),
             Err(e) => {
                 error!("{e}");

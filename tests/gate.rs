@@ -266,6 +266,25 @@ fn client_secret_basic_works() {
 }
 
 #[test]
+fn client_secret_can_come_from_envoys_environment() {
+    let stack = Stack::with(
+        "secret-env",
+        StackOptions {
+            plugin: json!({ "client_secret": null, "client_secret_env": "INTROSPECTION_CLIENT_SECRET" }),
+            ..Default::default()
+        },
+    );
+    let config = std::fs::read_to_string(stack.dir.join("envoy.yaml")).expect("config");
+    assert!(
+        !config.contains(&stack.client_secret),
+        "the secret is not in the Envoy config"
+    );
+    let token = stack.user_token(DEMO_SUB);
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn wrong_client_secret_is_unavailable_not_invalid() {
     let wrong = fresh_secret("wrong-secret");
     let stack = Stack::with(
@@ -421,4 +440,32 @@ fn shipped_envoy_configs_validate() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn istio_plugin_config_is_accepted_by_the_filter() {
+    let text = std::fs::read_to_string(e2e::root().join("envoy/istio/wasmplugin.yaml"))
+        .expect("wasmplugin.yaml");
+    let start = text.find("# BEGIN pluginConfig").expect("BEGIN marker");
+    let end = text.find("# END pluginConfig").expect("END marker");
+    let block = &text[start..end];
+    let json_start = block.find('{').expect("pluginConfig object");
+    let plugin: serde_json::Value =
+        serde_json::from_str(&block[json_start..]).expect("the pluginConfig block is JSON");
+    let dir = e2e::work_dir("istio-config");
+    let template =
+        std::fs::read_to_string(e2e::root().join("envoy/envoy.yaml.in")).expect("template");
+    let yaml = e2e::render_envoy_config(&template, 1, 1, &plugin);
+    let envoy = e2e::Envoy::start_with_env(
+        &dir,
+        &yaml,
+        &[("INTROSPECTION_CLIENT_SECRET", "istio-e2e-secret")],
+    )
+    .unwrap_or_else(|log| panic!("the Istio pluginConfig was refused:\n{log}"));
+    let log = envoy.proc.log_text();
+    assert!(
+        log.contains("RS256 answers"),
+        "configured in signed mode:\n{log}"
+    );
+    assert!(!log.contains("istio-e2e-secret"));
 }

@@ -61,6 +61,8 @@ struct RawConfig {
     client_id: Option<String>,
     /// Kept as a raw JSON value so a mistyped secret is never echoed in a serde error message.
     client_secret: Option<serde_json::Value>,
+    #[serde(default)]
+    client_secret_env: Option<String>,
     #[serde(default = "default_client_auth")]
     client_auth: ClientAuth,
     #[serde(default)]
@@ -236,8 +238,18 @@ pub struct Signed {
 const MAX_TIMEOUT_MS: u64 = 60_000;
 
 impl Config {
-    /// Parses and validates the plugin configuration.
+    /// Parses and validates the plugin configuration (no environment: `client_secret_env`
+    /// cannot resolve).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::from_json_with_env(bytes, &|_| None)
+    }
+
+    /// Parses and validates the plugin configuration; `env` reads the VM's environment
+    /// variables (for `client_secret_env`).
+    pub fn from_json_with_env(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(ConfigError::new(
                 "(plugin configuration)",
@@ -256,10 +268,13 @@ impl Config {
             Ok(raw) => raw,
             Err(e) => return Err(locate_error(object, e)),
         };
-        Config::compile(raw)
+        Config::compile(raw, env)
     }
 
-    fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn compile(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let cluster = required(raw.cluster, "cluster")?;
         let authority = required(raw.authority, "authority")?;
         if !authority.bytes().all(is_authority_byte) {
@@ -289,10 +304,32 @@ impl Config {
                 "must not contain control characters",
             ));
         }
-        let client_secret = match raw.client_secret {
-            Some(serde_json::Value::String(s)) => Secret::new(required(Some(s), "client_secret")?),
-            Some(_) => return Err(ConfigError::new("client_secret", "must be a string")),
-            None => return Err(ConfigError::new("client_secret", "is required")),
+        let client_secret = match (raw.client_secret, raw.client_secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "client_secret_env",
+                    "give either `client_secret` or `client_secret_env`, not both",
+                ))
+            }
+            (Some(serde_json::Value::String(s)), None) => {
+                Secret::new(required(Some(s), "client_secret")?)
+            }
+            (Some(_), None) => return Err(ConfigError::new("client_secret", "must be a string")),
+            (None, Some(name)) => match env(&name) {
+                Some(value) if !value.is_empty() => Secret::new(value),
+                _ => {
+                    return Err(ConfigError::new(
+                        "client_secret_env",
+                        format!("environment variable `{name}` is not set in the VM (Envoy: vm_config.environment_variables; Istio: vmConfig.env)"),
+                    ))
+                }
+            },
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "client_secret",
+                    "is required (or `client_secret_env`)",
+                ))
+            }
         };
         if let Some(hint) = &raw.token_type_hint {
             if hint.is_empty() || !hint.bytes().all(|b| b.is_ascii_graphic()) {
@@ -886,6 +923,22 @@ mod tests {
         let c = Config::from_json(v.to_string().as_bytes()).unwrap();
         assert!(c.issuer.is_none());
         assert!(!c.introspection_path_explicit);
+    }
+
+    #[test]
+    fn client_secret_from_the_environment() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("client_secret");
+        v["client_secret_env"] = "SR_SECRET".into();
+        let env = |k: &str| (k == "SR_SECRET").then(|| "from-env".to_string());
+        let c = Config::from_json_with_env(v.to_string().as_bytes(), &env).unwrap();
+        assert_eq!(c.client_secret.expose(), "from-env");
+        let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field, "client_secret_env");
+        assert!(err.reason.contains("SR_SECRET"));
+        v["client_secret"] = "x".into();
+        let err = Config::from_json_with_env(v.to_string().as_bytes(), &env).unwrap_err();
+        assert_eq!(err.field, "client_secret_env");
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn bin(name: &str) -> PathBuf {
 pub fn wasm_path() -> PathBuf {
     let path = std::env::var_os("E2E_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/wasm32-wasip1/wasm/introspection_filter.wasm"));
+        .unwrap_or_else(|| root().join("target/introspection_filter.wasm"));
     assert!(
         path.is_file(),
         "{} is missing: run `make test` (it builds the filter first) or set E2E_WASM",
@@ -303,6 +303,15 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy on `config_yaml`; `Err` carries the log when it exits or never gets ready.
     pub fn start(dir: &Path, config_yaml: &str) -> Result<Envoy, String> {
+        Envoy::start_with_env(dir, config_yaml, &[])
+    }
+
+    /// Same, with extra environment variables for the Envoy process.
+    pub fn start_with_env(
+        dir: &Path,
+        config_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Envoy, String> {
         let config = dir.join("envoy.yaml");
         fs::write(&config, config_yaml).expect("write envoy config");
         let admin_file = dir.join("envoy-admin.address");
@@ -314,7 +323,9 @@ impl Envoy {
             .args(["--concurrency", "1", "--disable-hot-restart"])
             .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
             .arg("--admin-address-path")
-            .arg(&admin_file);
+            .arg(&admin_file)
+            .env_remove("INTROSPECTION_CLIENT_SECRET")
+            .envs(env.iter().copied());
         let mut proc = Proc::spawn("envoy", cmd, dir.join("envoy.log"));
         let start = Instant::now();
         loop {
@@ -475,7 +486,12 @@ impl Stack {
         }
         let template = fs::read_to_string(root().join("envoy/envoy.yaml.in")).expect("template");
         let yaml = render_envoy_config(&template, sr.port, auth.port, &plugin);
-        let envoy = Envoy::start(&dir, &yaml).unwrap_or_else(|e| panic!("{e}"));
+        let envoy = Envoy::start_with_env(
+            &dir,
+            &yaml,
+            &[("INTROSPECTION_CLIENT_SECRET", client_secret.as_str())],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let secrets = Mutex::new(vec![client_secret.clone()]);
         if let Some(s) = plugin["client_secret"].as_str() {
             secrets.lock().expect("lock").push(s.to_string());
