@@ -873,10 +873,7 @@ fn store_in_cache(shared: &SharedRef, config: &Config, key: &CacheKey, claims: &
     for _ in 0..2 {
         let cas = match host::shared_data(&key.slot_key) {
             Ok(Some((bytes, cas))) => {
-                // Another worker already stored this token, for at least as long: keep it.
-                if cache::decode_entry(&bytes, &key.fingerprint, now).is_some()
-                    && cache::entry_expiry(&bytes) >= Some(expires_at)
-                {
+                if !cache::should_replace(&bytes, &key.fingerprint, expires_at, now) {
                     return;
                 }
                 cas

@@ -169,6 +169,16 @@ pub fn entry_expiry(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(expiry.try_into().ok()?))
 }
 
+/// Whether a new entry (this fingerprint, valid until `expires_at`) should replace what the
+/// slot holds: always, unless the slot already holds this token's entry for at least as long
+/// (another worker stored it first). A live entry of another token is replaced: the newest
+/// token wins the slot.
+pub fn should_replace(existing: &[u8], fingerprint: &[u8; 32], expires_at: i64, now: i64) -> bool {
+    let same_and_longer = decode_entry(existing, fingerprint, now).is_some()
+        && entry_expiry(existing).is_some_and(|e| e >= expires_at);
+    !same_and_longer
+}
+
 /// Only what the policy reads: smaller entries, and no claim the SR does not get.
 pub fn kept_claims(config: &Config, claims: &Claims) -> Claims {
     let mut kept = Map::new();
@@ -303,6 +313,46 @@ mod tests {
             let _ = decode_entry(&e[..cut], &fp, NOW);
         }
         assert_eq!(decode_entry(b"", &fp, NOW), None);
+    }
+
+    #[test]
+    fn slot_replacement() {
+        let mine = [1u8; 32];
+        let other = [2u8; 32];
+        let c = claims(json!({"active": true, "sub": "u"}));
+        // Empty or garbage slot, expired entry, another token's live entry: replaced.
+        assert!(should_replace(b"", &mine, NOW + 10, NOW));
+        assert!(should_replace(
+            &encode_entry(&mine, NOW - 1, &c),
+            &mine,
+            NOW + 10,
+            NOW
+        ));
+        assert!(should_replace(
+            &encode_entry(&other, NOW + 100, &c),
+            &mine,
+            NOW + 10,
+            NOW
+        ));
+        // This token's entry, shorter: replaced; as long or longer: kept.
+        assert!(should_replace(
+            &encode_entry(&mine, NOW + 5, &c),
+            &mine,
+            NOW + 10,
+            NOW
+        ));
+        assert!(!should_replace(
+            &encode_entry(&mine, NOW + 10, &c),
+            &mine,
+            NOW + 10,
+            NOW
+        ));
+        assert!(!should_replace(
+            &encode_entry(&mine, NOW + 20, &c),
+            &mine,
+            NOW + 10,
+            NOW
+        ));
     }
 
     #[test]
