@@ -3,8 +3,9 @@
 //! The SDK's `hostcalls::*` panic on any status they do not expect (for instance reading the
 //! headers of a callout that failed returns `BadArgument` in Envoy, and the SDK panics), and its
 //! map decoder panics on a non-UTF-8 header name. A panic kills the VM: every later request on
-//! that worker fails. These wrappers return the status instead. Only `dispatch_http_call` goes
-//! through the SDK, because the SDK must register the callout to route its answer back.
+//! that worker fails. These wrappers return the status instead. Only `dispatch_http_call` (the
+//! SDK must register the callout to route its answer back) and `set_tick_period` (called once,
+//! at configuration) go through the SDK.
 
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status, StreamType};
 use std::ptr::{null, null_mut};
@@ -193,6 +194,43 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
     fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
     fn proxy_set_effective_context(context_id: u32) -> Status;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
+    fn proxy_get_log_level(return_level: *mut u32) -> Status;
+}
+
+/// The host's wall clock, in unix seconds.
+pub fn now_unix() -> Result<i64, Status> {
+    let mut nanos = 0u64;
+    // SAFETY: valid out-pointer.
+    unsafe { ok(proxy_get_current_time_nanoseconds(&mut nanos))? };
+    i64::try_from(nanos / 1_000_000_000).map_err(|_| Status::InternalFailure)
+}
+
+/// The host's wall clock, in nanoseconds (for durations).
+pub fn now_nanos() -> Option<u64> {
+    let mut nanos = 0u64;
+    // SAFETY: valid out-pointer.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    (status == Status::Ok).then_some(nanos)
+}
+
+/// Envoy's log level for wasm, as a proxy-wasm level; `None` when logging is off (Envoy
+/// answers 6, which the SDK's `LogLevel` cannot hold) or unknown.
+pub fn log_level() -> Option<proxy_wasm::types::LogLevel> {
+    use proxy_wasm::types::LogLevel;
+    let mut raw = u32::MAX;
+    // SAFETY: valid out-pointer to a plain integer.
+    if unsafe { proxy_get_log_level(&mut raw) } != Status::Ok {
+        return None;
+    }
+    Some(match raw {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        4 => LogLevel::Error,
+        _ => LogLevel::Critical,
+    })
 }
 
 /// A shared-data value and its CAS token; `None` if the key does not exist.

@@ -3,18 +3,18 @@
 //! All decisions are made by `introspection_core` (pure, unit-tested natively). This crate only
 //! moves bytes between the host and the core: it reads headers and time, dispatches callouts
 //! (introspection; discovery and JWKS for signed answers), and applies the decision (set headers
-//! and resume, or answer locally). Every host call but `dispatch_http_call` goes through
-//! [`host`], which cannot panic.
+//! and resume, or answer locally). Host calls go through [`host`], which cannot panic.
 
 mod host;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use introspection_core::bearer::{self, Credentials};
-use introspection_core::cache::{self, CacheKey};
+use introspection_core::cache::{CacheKey, CacheKeys};
 use introspection_core::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
 use introspection_core::config::KeySource;
 use introspection_core::decision::{self, Claims, Decision, Denial};
@@ -54,9 +54,10 @@ struct Shared {
     keys: KeyState,
     discovery_attempt: Option<i64>,
     discovery_in_flight: bool,
-    /// What scopes cache entries to this configuration, and its shared-data key prefix.
-    cache_scope: Vec<u8>,
-    cache_prefix: String,
+    /// Names, writes and reads cache entries for this configuration.
+    cache_keys: CacheKeys,
+    /// Requests of this VM that were let through (their body and trailers may flow).
+    allowed: HashSet<u32>,
     /// Introspections in progress in this VM, by token fingerprint: one callout per token at a
     /// time, the other requests for the same token wait for its answer.
     flights: HashMap<[u8; 32], Flight>,
@@ -157,7 +158,10 @@ impl Context for GateRoot {
         else {
             return;
         };
-        let now = now().unwrap_or(0);
+        let Ok(now) = host::now_unix() else {
+            warn!("cannot read the clock: discovery/JWKS answer dropped");
+            return;
+        };
         let max = shared.borrow().config.max_response_bytes;
         let answer = read_answer(num_headers, body_size, max);
         match fetch {
@@ -199,8 +203,9 @@ impl Context for GateRoot {
 impl RootContext for GateRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         // Forward only what Envoy will print: each log call is a host call.
-        if let Ok(level) = hostcalls::get_log_level() {
-            proxy_wasm::set_log_level(level);
+        match host::log_level() {
+            Some(level) => proxy_wasm::set_log_level(level),
+            None => proxy_wasm::set_log_level(LogLevel::Critical),
         }
         true
     }
@@ -239,16 +244,15 @@ impl RootContext for GateRoot {
                 config.signed.as_ref().map(|s| &s.keys),
                 Some(KeySource::Remote { .. })
             );
-        let cache_scope = cache::scope_of(&config);
-        let cache_prefix = cache::key_prefix(&cache_scope);
+        let cache_keys = CacheKeys::new(&config);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config,
             endpoints,
             keys: KeyState::default(),
             discovery_attempt: None,
             discovery_in_flight: false,
-            cache_scope,
-            cache_prefix,
+            cache_keys,
+            allowed: HashSet::new(),
             flights: HashMap::new(),
             metrics: Metrics::define(),
         })));
@@ -257,13 +261,15 @@ impl RootContext for GateRoot {
                 error!("cannot set the tick period: {status:?}");
                 return false;
             }
-            self.maintain(now().unwrap_or(0));
+            if let Ok(now) = host::now_unix() {
+                self.maintain(now);
+            }
         }
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(now) = now() {
+        if let Ok(now) = host::now_unix() {
             self.maintain(now);
         }
     }
@@ -343,12 +349,20 @@ fn start_jwks_fetch(s: &mut Shared, now: i64, triggered: bool) -> Result<u32, St
         return Err("keys are not fetched".into());
     };
     let Some(path) = s.endpoints.as_ref().and_then(|e| e.jwks_path.clone()) else {
+        s.keys.fetch_not_started(now);
         return Err("JWKS path not known yet".into());
     };
     let request = callout::get_request(authority, &path, ACCEPT_JWKS);
-    let token = dispatch(cluster, &request, FETCH_TIMEOUT)?;
-    s.keys.fetch_started(now, triggered);
-    Ok(token)
+    match dispatch(cluster, &request, FETCH_TIMEOUT) {
+        Ok(token) => {
+            s.keys.fetch_started(now, triggered);
+            Ok(token)
+        }
+        Err(e) => {
+            s.keys.fetch_not_started(now);
+            Err(e)
+        }
+    }
 }
 
 /// Installs the result of a JWKS fetch (a failure keeps the last good keys).
@@ -449,7 +463,8 @@ struct Gate {
     phase: Phase,
     /// Cache slot and fingerprint of this request's token.
     key: Option<CacheKey>,
-    callout_started: Option<SystemTime>,
+    /// Host clock (ns) when the introspection callout left.
+    callout_started: Option<u64>,
 }
 
 impl Context for Gate {
@@ -464,7 +479,29 @@ impl Context for Gate {
             return self.refuse_unconfigured();
         };
         let config = shared.borrow().config.clone();
-        let now = now().unwrap_or(0);
+        let Ok(now) = host::now_unix() else {
+            self.phase = Phase::Done;
+            let denial = Denial::Unavailable("cannot read the clock".into());
+            conclude(
+                &shared,
+                self.id,
+                &config,
+                Decision::Deny(denial.clone()),
+                true,
+            );
+            for waiter in self.take_flight(&shared) {
+                if host::set_effective_context(waiter).is_ok() {
+                    conclude(
+                        &shared,
+                        waiter,
+                        &config,
+                        Decision::Deny(denial.clone()),
+                        true,
+                    );
+                }
+            }
+            return;
+        };
         let answer = read_answer(num_headers, body_size, config.max_response_bytes);
         let phase = std::mem::replace(&mut self.phase, Phase::Done);
         let outcome = match phase {
@@ -479,8 +516,11 @@ impl Context for Gate {
                 finish_jwks_fetch(&shared, now, answer);
                 self.judge(&shared, &config, stored, now, false)
             }
-            Phase::Idle | Phase::Waiting | Phase::Done => {
-                Some(Err("unexpected callout answer".to_string()))
+            other => {
+                // Not waiting for an answer: never act on this request because of it.
+                warn!("[{}] ignoring an unexpected callout answer", self.id);
+                self.phase = other;
+                return;
             }
         };
         let Some(outcome) = outcome else {
@@ -511,9 +551,16 @@ impl Context for Gate {
         let Some(shared) = self.shared.clone() else {
             return true;
         };
+        shared.borrow_mut().allowed.remove(&self.id);
+        if let Phase::RefetchingKeys(_) = self.phase {
+            // Its JWKS answer will not be delivered (the SDK drops answers for a request that
+            // is gone): let the next fetch start at once.
+            shared.borrow_mut().keys.fetch_abandoned();
+        }
         match self.phase {
-            // This request was introspecting for others and goes away (client gone): its
-            // callout is cancelled with it, so its waiters are refused rather than left hanging.
+            // This request was introspecting for others and goes away (client gone): the SDK
+            // drops the answers of a request that is gone, so its waiters are refused rather
+            // than left hanging.
             Phase::Introspecting | Phase::RefetchingKeys(_) => {
                 let waiters = self.take_flight(&shared);
                 let config = shared.borrow().config.clone();
@@ -545,6 +592,16 @@ impl Context for Gate {
 }
 
 impl HttpContext for Gate {
+    /// The body waits until the request is let through: nothing reaches the upstream before a
+    /// positive decision, whatever Envoy's buffering settings.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_until_allowed()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_until_allowed()
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             self.refuse_unconfigured();
@@ -567,20 +624,20 @@ impl HttpContext for Gate {
             );
         };
 
-        // 1. No client may forge an identity: strip every header the filter may set.
-        for name in &config.identity_headers {
-            let present = pairs
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()));
-            if present {
-                if let Err(status) = host::remove_request_header(name) {
-                    return self.deny(
-                        &config,
-                        &Denial::Unavailable(format!(
-                            "cannot remove identity header `{name}`: {status:?}"
-                        )),
-                    );
-                }
+        // 1. No client may forge an identity: strip every header the filter may set, and every
+        //    spelling an upstream could read as one (`X_User_Sub` for `x-user-sub`).
+        for (name, _) in &pairs {
+            if !config.is_identity_header(name) {
+                continue;
+            }
+            let removed = std::str::from_utf8(name)
+                .map_err(|_| Status::BadArgument)
+                .and_then(host::remove_request_header);
+            if let Err(status) = removed {
+                return self.deny(
+                    &config,
+                    &Denial::Unavailable(format!("cannot remove an identity header: {status:?}")),
+                );
             }
         }
 
@@ -600,13 +657,18 @@ impl HttpContext for Gate {
         drop(pairs);
 
         // 3. A cached answer (shared by all workers): the policy is applied to it afresh.
-        let now = now().unwrap_or(0);
+        let Ok(now) = host::now_unix() else {
+            return self.deny(
+                &config,
+                &Denial::Unavailable("cannot read the clock".into()),
+            );
+        };
         let (key, metrics, cached) = {
             let s = shared.borrow();
             let slots = config.cache.max_entries.max(1);
-            let key = cache::key_for(&s.cache_prefix, &s.cache_scope, &token, slots);
+            let key = s.cache_keys.key_for(&token, slots);
             let cached = if config.cache.enabled() {
-                cache_lookup(&key, now)
+                cache_lookup(&s.cache_keys, &key, now)
             } else {
                 None
             };
@@ -667,7 +729,7 @@ impl HttpContext for Gate {
                 );
                 self.key = Some(key);
                 self.phase = Phase::Introspecting;
-                self.callout_started = hostcalls::get_current_time().ok();
+                self.callout_started = host::now_nanos();
                 debug!("[{}] introspection callout sent", self.id);
                 Action::Pause
             }
@@ -677,6 +739,18 @@ impl HttpContext for Gate {
 }
 
 impl Gate {
+    fn hold_until_allowed(&self) -> Action {
+        let allowed = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.borrow().allowed.contains(&self.id));
+        if allowed {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
     /// Verifies an answer into claims (or a fault to answer 503 with); `None` when a JWKS
     /// refetch was started and the answer will be judged again when it arrives.
     fn judge(
@@ -687,7 +761,7 @@ impl Gate {
         now: i64,
         may_refetch: bool,
     ) -> Option<Result<Claims, String>> {
-        let started = hostcalls::get_current_time().ok();
+        let started = host::now_nanos();
         let claims = {
             let s = shared.borrow();
             let Some(endpoints) = s.endpoints.as_ref() else {
@@ -696,10 +770,8 @@ impl Gate {
             let keys = s.keys.keys();
             response::verified_claims(config, endpoints, keys.as_deref(), &answer.view(), now)
         };
-        if let (Some(signed), Some(t0), Ok(t1)) =
-            (&config.signed, started, hostcalls::get_current_time())
-        {
-            let micros = t1.duration_since(t0).map_or(0, |d| d.as_micros());
+        if let (Some(signed), Some(t0), Some(t1)) = (&config.signed, started, host::now_nanos()) {
+            let micros = t1.saturating_sub(t0) / 1000;
             debug!(
                 "[{}] {} answer checked in {micros} us",
                 self.id,
@@ -763,9 +835,8 @@ impl Gate {
         ) else {
             return;
         };
-        if let Ok(t1) = hostcalls::get_current_time() {
-            let ms = t1.duration_since(t0).map_or(0, |d| d.as_millis());
-            host::record_metric(id, u64::try_from(ms).unwrap_or(u64::MAX));
+        if let Some(t1) = host::now_nanos() {
+            host::record_metric(id, t1.saturating_sub(t0) / 1_000_000);
         }
     }
 
@@ -820,6 +891,7 @@ fn conclude(
         return deny(id, config, &denial);
     }
     Metrics::bump(metrics.allowed);
+    shared.borrow_mut().allowed.insert(id);
     debug!("[{id}] allowed");
     if resume {
         if let Err(status) = host::resume_request() {
@@ -848,9 +920,9 @@ fn deny(id: u32, config: &Config, denial: &Denial) -> Action {
 }
 
 /// A live cache entry for this token, if any.
-fn cache_lookup(key: &CacheKey, now: i64) -> Option<Claims> {
+fn cache_lookup(keys: &CacheKeys, key: &CacheKey, now: i64) -> Option<Claims> {
     match host::shared_data(&key.slot_key) {
-        Ok(Some((bytes, _))) => cache::decode_entry(&bytes, &key.fingerprint, now),
+        Ok(Some((bytes, _))) => keys.decode(&bytes, &key.fingerprint, now),
         Ok(None) => None,
         Err(status) => {
             warn!("cache read failed: {status:?}");
@@ -865,15 +937,17 @@ fn store_in_cache(shared: &SharedRef, config: &Config, key: &CacheKey, claims: &
     let Some(expires_at) = config.cache.expires_at(config, claims, now) else {
         return;
     };
-    let entry = cache::encode_entry(
+    let s = shared.borrow();
+    let keys = &s.cache_keys;
+    let entry = keys.encode(
         &key.fingerprint,
         expires_at,
-        &cache::kept_claims(config, claims),
+        &introspection_core::cache::kept_claims(config, claims),
     );
     for _ in 0..2 {
         let cas = match host::shared_data(&key.slot_key) {
             Ok(Some((bytes, cas))) => {
-                if !cache::should_replace(&bytes, &key.fingerprint, expires_at, now) {
+                if !keys.should_replace(&bytes, &key.fingerprint, expires_at, now) {
                     return;
                 }
                 cas
@@ -886,7 +960,7 @@ fn store_in_cache(shared: &SharedRef, config: &Config, key: &CacheKey, claims: &
         };
         match host::set_shared_data(&key.slot_key, &entry, cas) {
             Ok(()) => {
-                Metrics::bump(shared.borrow().metrics.cache_store);
+                Metrics::bump(s.metrics.cache_store);
                 return;
             }
             Err(Status::CasMismatch) => continue,
@@ -896,11 +970,4 @@ fn store_in_cache(shared: &SharedRef, config: &Config, key: &CacheKey, claims: &
             }
         }
     }
-}
-
-/// Unix seconds from the host clock.
-fn now() -> Option<i64> {
-    let t = hostcalls::get_current_time().ok()?;
-    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    i64::try_from(secs).ok()
 }

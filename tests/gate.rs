@@ -74,6 +74,8 @@ fn forged_identity_headers_never_reach_the_sr() {
             ("X-User-Sub", b"attacker-2"),
             ("x-token-scope", b"admin"),
             ("x-user-uid", b"forged-uid"),
+            ("x_user_sub", b"attacker-underscore"),
+            ("X_Token_Scope", b"admin"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -83,6 +85,13 @@ fn forged_identity_headers_never_reach_the_sr() {
     assert_eq!(me["identity_headers"]["x-token-scope"], DEFAULT_SCOPE);
     // The answer has no `uid`: the forged header must be gone, not passed through.
     assert!(me["identity_headers"].get("x-user-uid").is_none(), "{me}");
+    // Underscore spellings, which CGI-style stacks read as the same header, are gone too.
+    let seen = me["identity_headers"].as_object().expect("object");
+    assert!(
+        seen.keys().all(|k| !k.contains('_')),
+        "an underscore identity header reached the SR: {me}"
+    );
+    assert!(!me.to_string().contains("attacker"), "{me}");
 
     // Without a token: refused before anything reaches the SR.
     let before = stack.upstream_requests();

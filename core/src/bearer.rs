@@ -1,7 +1,7 @@
 //! Reading the bearer token from the request (RFC 6750 §2.1).
 
-/// What the request's `Authorization` headers hold.
-#[derive(Debug, PartialEq, Eq)]
+/// What the request's `Authorization` headers hold. `Debug` never prints the token.
+#[derive(PartialEq, Eq)]
 pub enum Credentials<'a> {
     /// No `Authorization` header at all.
     Missing,
@@ -9,6 +9,16 @@ pub enum Credentials<'a> {
     Malformed(&'static str),
     /// One syntactically valid bearer token.
     Bearer(&'a str),
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Missing => f.write_str("Missing"),
+            Credentials::Malformed(r) => write!(f, "Malformed({r:?})"),
+            Credentials::Bearer(_) => f.write_str("Bearer([redacted])"),
+        }
+    }
 }
 
 /// Reads the bearer token out of every `Authorization` header value of the request.
@@ -79,6 +89,11 @@ mod tests {
         assert_eq!(one(b"bearer abc"), Credentials::Bearer("abc"));
         assert_eq!(one(b"BEARER abc"), Credentials::Bearer("abc"));
         assert_eq!(one(b"Bearer   abc"), Credentials::Bearer("abc"));
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        assert_eq!(format!("{:?}", one(b"Bearer s3cr3t")), "Bearer([redacted])");
     }
 
     #[test]

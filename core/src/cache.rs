@@ -1,9 +1,10 @@
 //! The introspection cache's policy, keys and entry format. Pure: the adapter stores entries in
 //! proxy-wasm shared data (one value per slot, shared by every worker) and passes the time in.
 //!
-//! - Keys never hold the token: a slot is chosen by a SHA-256 of the token *scoped by the
-//!   authorization server and the client* (endpoint, client id, answer format), and the full
-//!   hash is stored as a fingerprint that must match on read.
+//! - Keys never hold the token: a slot is chosen by an HMAC-SHA-256 (keyed by the client
+//!   secret) of the token *scoped by the authorization server and the client* (endpoint, client
+//!   id, answer format, cache and claim settings), and the full MAC is stored as a fingerprint
+//!   that must match on read; each entry carries its own MAC.
 //! - Entries hold the claims the policy needs, not a yes/no: scopes and header mapping are
 //!   applied again on every hit.
 //! - An entry never outlives the token's expiry, nor `max_ttl`; answers without expiry live
@@ -12,6 +13,7 @@
 //! - Memory is bounded: `max_entries` slots, each holding one entry; a newer entry replaces an
 //!   older one in its slot (a collision costs a callout, never a wrong answer).
 
+use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -78,15 +80,145 @@ impl CachePolicy {
 pub struct CacheKey {
     /// Shared-data key of the slot.
     pub slot_key: String,
-    /// SHA-256 of scope and token: stored in the entry, checked on read.
+    /// HMAC of scope and token: stored in the entry, checked on read.
     pub fingerprint: [u8; 32],
 }
 
-/// What makes two answers for the same token different: the server, the client asking, and
-/// the answer format. Computed once per configuration.
+type HmacSha256 = Hmac<Sha256>;
+
+/// Everything needed to name, write and read entries for one configuration.
+///
+/// Fingerprints and entries are authenticated with an HMAC keyed by the client secret: another
+/// plugin sharing the proxy's shared-data namespace (Istio gives plugins none of their own) can
+/// neither find a token's slot nor forge an entry that this filter would accept.
+#[derive(Clone)]
+pub struct CacheKeys {
+    prefix: String,
+    scope: Vec<u8>,
+    mac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for CacheKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheKeys")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheKeys {
+    pub fn new(config: &Config) -> CacheKeys {
+        let scope = scope_of(config);
+        let digest = Sha256::digest(&scope);
+        let mut prefix = String::from("introspection-cache:v1:");
+        for b in digest.iter().take(6) {
+            prefix.push_str(&format!("{b:02x}"));
+        }
+        CacheKeys {
+            prefix,
+            scope,
+            mac_key: config.client_secret.expose().as_bytes().to_vec(),
+        }
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC accepts keys of any length; the error case cannot happen.
+        HmacSha256::new_from_slice(&self.mac_key)
+            .unwrap_or_else(|_| HmacSha256::new(&Default::default()))
+    }
+
+    /// The slot and fingerprint of `token`, among `slots` slots.
+    pub fn key_for(&self, token: &str, slots: u32) -> CacheKey {
+        let mut mac = self.mac();
+        mac.update(b"fingerprint\0");
+        mac.update(&self.scope);
+        mac.update(token.as_bytes());
+        let fingerprint: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(fingerprint.get(..8).unwrap_or(&[0; 8]));
+        let slot = u64::from_le_bytes(first) % u64::from(slots.max(1));
+        CacheKey {
+            slot_key: format!("{}:{slot}", self.prefix),
+            fingerprint,
+        }
+    }
+
+    fn tag(&self, fingerprint: &[u8], expiry: &[u8], json: &[u8]) -> HmacSha256 {
+        let mut mac = self.mac();
+        mac.update(b"entry\0");
+        mac.update(fingerprint);
+        mac.update(expiry);
+        mac.update(json);
+        mac
+    }
+
+    /// Encodes an entry: version, fingerprint, expiry, tag, then the kept claims as JSON.
+    pub fn encode(&self, fingerprint: &[u8; 32], expires_at: i64, claims: &Claims) -> Vec<u8> {
+        let json = Value::Object(claims.clone()).to_string();
+        let expiry = expires_at.to_le_bytes();
+        let tag = self
+            .tag(fingerprint, &expiry, json.as_bytes())
+            .finalize()
+            .into_bytes();
+        let mut out = Vec::with_capacity(HEADER + json.len());
+        out.push(VERSION);
+        out.extend_from_slice(fingerprint);
+        out.extend_from_slice(&expiry);
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(json.as_bytes());
+        out
+    }
+
+    /// The claims of a slot's entry, if it is this fingerprint's, authentic and valid at `now`.
+    pub fn decode(&self, bytes: &[u8], fingerprint: &[u8; 32], now: i64) -> Option<Claims> {
+        let (version, rest) = bytes.split_first()?;
+        if *version != VERSION {
+            return None;
+        }
+        let (stored, rest) = rest.split_at_checked(32)?;
+        if stored != fingerprint {
+            return None;
+        }
+        let (expiry, rest) = rest.split_at_checked(8)?;
+        let expires_at = i64::from_le_bytes(expiry.try_into().ok()?);
+        if expires_at <= now {
+            return None;
+        }
+        let (tag, json) = rest.split_at_checked(32)?;
+        self.tag(stored, expiry, json).verify_slice(tag).ok()?;
+        match serde_json::from_slice(json).ok()? {
+            Value::Object(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    /// Whether a new entry (this fingerprint, valid until `expires_at`) should replace what the
+    /// slot holds: always, unless the slot already holds this token's entry for at least as
+    /// long (another worker stored it first). A live entry of another token is replaced: the
+    /// newest token wins the slot.
+    pub fn should_replace(
+        &self,
+        existing: &[u8],
+        fingerprint: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> bool {
+        let same_and_longer = self.decode(existing, fingerprint, now).is_some()
+            && entry_expiry(existing).is_some_and(|e| e >= expires_at);
+        !same_and_longer
+    }
+}
+
+/// What makes two answers for the same token different, or two policies read them differently:
+/// the server, the client asking, the answer format, and the cache and claim settings (so a
+/// configuration never serves entries written under another's lifetimes or claim set).
 pub fn scope_of(config: &Config) -> Vec<u8> {
     let mut scope = Vec::new();
-    for part in [
+    let numbers = format!(
+        "{}/{}/{}",
+        config.cache.max_ttl, config.cache.no_exp_ttl, config.cache.inactive_ttl
+    );
+    let mut parts = vec![
         config.cluster.as_str(),
         config.authority.as_str(),
         config.introspection_path.as_str(),
@@ -94,89 +226,25 @@ pub fn scope_of(config: &Config) -> Vec<u8> {
         config.client_id.as_str(),
         config.signed.as_ref().map_or("plain", |s| s.alg.name()),
         config.issuer.as_deref().unwrap_or(""),
-    ] {
+        config.user_claim.as_str(),
+        config.expiry_claim.as_str(),
+        numbers.as_str(),
+    ];
+    parts.extend(config.claim_headers.iter().map(|(claim, _)| claim.as_str()));
+    for part in parts {
         scope.extend_from_slice(part.as_bytes());
         scope.push(0);
     }
     scope
 }
 
-/// The shared-data key prefix of a configuration: different configurations (or plugins on
-/// the same proxy, which share one namespace under Istio) never read each other's slots.
-pub fn key_prefix(scope: &[u8]) -> String {
-    let digest = Sha256::digest(scope);
-    let mut prefix = String::from("introspection-cache:v1:");
-    for b in digest.iter().take(6) {
-        prefix.push_str(&format!("{b:02x}"));
-    }
-    prefix
-}
+const VERSION: u8 = 2;
+const HEADER: usize = 1 + 32 + 8 + 32;
 
-/// The slot and fingerprint of `token`.
-pub fn key_for(prefix: &str, scope: &[u8], token: &str, slots: u32) -> CacheKey {
-    let mut h = Sha256::new();
-    h.update(scope);
-    h.update([0xff]);
-    h.update(token.as_bytes());
-    let fingerprint: [u8; 32] = h.finalize().into();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(fingerprint.get(..8).unwrap_or(&[0; 8]));
-    let slot = u64::from_le_bytes(first) % u64::from(slots.max(1));
-    CacheKey {
-        slot_key: format!("{prefix}:{slot}"),
-        fingerprint,
-    }
-}
-
-const VERSION: u8 = 1;
-const HEADER: usize = 1 + 32 + 8;
-
-/// Encodes an entry: version, fingerprint, expiry, then the kept claims as JSON.
-pub fn encode_entry(fingerprint: &[u8; 32], expires_at: i64, claims: &Claims) -> Vec<u8> {
-    let json = Value::Object(claims.clone()).to_string();
-    let mut out = Vec::with_capacity(HEADER + json.len());
-    out.push(VERSION);
-    out.extend_from_slice(fingerprint);
-    out.extend_from_slice(&expires_at.to_le_bytes());
-    out.extend_from_slice(json.as_bytes());
-    out
-}
-
-/// What a slot holds, if it is an entry for this fingerprint still valid at `now`.
-pub fn decode_entry(bytes: &[u8], fingerprint: &[u8; 32], now: i64) -> Option<Claims> {
-    let (version, rest) = bytes.split_first()?;
-    if *version != VERSION {
-        return None;
-    }
-    let (stored, rest) = rest.split_at_checked(32)?;
-    if stored != fingerprint {
-        return None;
-    }
-    let (expiry, json) = rest.split_at_checked(8)?;
-    let expires_at = i64::from_le_bytes(expiry.try_into().ok()?);
-    if expires_at <= now {
-        return None;
-    }
-    match serde_json::from_slice(json).ok()? {
-        Value::Object(map) => Some(map),
-        _ => None,
-    }
-}
-
-/// The expiry written in a slot's entry, whatever its fingerprint (for eviction choices).
+/// The expiry written in a slot's entry, whatever its fingerprint.
 pub fn entry_expiry(bytes: &[u8]) -> Option<i64> {
-    let expiry = bytes.get(HEADER - 8..HEADER)?;
+    let expiry = bytes.get(33..41)?;
     Some(i64::from_le_bytes(expiry.try_into().ok()?))
-}
-
-/// Whether a new entry (this fingerprint, valid until `expires_at`) should replace what the
-/// slot holds: always, unless the slot already holds this token's entry for at least as long
-/// (another worker stored it first). A live entry of another token is replaced: the newest
-/// token wins the slot.
-pub fn should_replace(existing: &[u8], fingerprint: &[u8; 32], expires_at: i64, now: i64) -> bool {
-    let same_and_longer = decode_entry(existing, fingerprint, now).is_some()
-        && entry_expiry(existing).is_some_and(|e| e >= expires_at);
-    !same_and_longer
 }
 
 /// Only what the policy reads: smaller entries, and no claim the SR does not get.
@@ -267,92 +335,86 @@ mod tests {
     #[test]
     fn keys_are_scoped_and_hide_the_token() {
         let c = config();
-        let scope = scope_of(&c);
-        let prefix = key_prefix(&scope);
-        let k = key_for(&prefix, &scope, "secret-token-value", 100);
+        let keys = CacheKeys::new(&c);
+        let k = keys.key_for("secret-token-value", 100);
         assert!(!k.slot_key.contains("secret-token-value"));
         assert!(k.slot_key.starts_with("introspection-cache:v1:"));
-        assert_eq!(k, key_for(&prefix, &scope, "secret-token-value", 100));
-        // Another client id (or server) gives another fingerprint and prefix.
-        let other = Config::from_json(
-            br#"{"cluster":"as","authority":"as","client_id":"sr2","client_secret":"s"}"#,
-        )
-        .unwrap();
-        let scope2 = scope_of(&other);
-        assert_ne!(prefix, key_prefix(&scope2));
-        assert_ne!(
-            k.fingerprint,
-            key_for(&prefix, &scope2, "secret-token-value", 100).fingerprint
-        );
+        assert_eq!(k, keys.key_for("secret-token-value", 100));
+        // Another client id, secret or cache lifetime gives another prefix and fingerprint.
+        for other in [
+            r#"{"cluster":"as","authority":"as","client_id":"sr2","client_secret":"s"}"#,
+            r#"{"cluster":"as","authority":"as","client_id":"sr","client_secret":"s2","claim_headers":{"email":"x-user-email"}}"#,
+            r#"{"cluster":"as","authority":"as","client_id":"sr","client_secret":"s","claim_headers":{"email":"x-user-email"},"cache":{"max_ttl_secs":5}}"#,
+        ] {
+            let other = CacheKeys::new(&Config::from_json(other.as_bytes()).unwrap());
+            assert_ne!(
+                k.fingerprint,
+                other.key_for("secret-token-value", 100).fingerprint
+            );
+        }
         // Slots stay within bounds.
         for i in 0..200 {
-            let k = key_for(&prefix, &scope, &format!("t{i}"), 7);
+            let k = keys.key_for(&format!("t{i}"), 7);
             let slot: u32 = k.slot_key.rsplit(':').next().unwrap().parse().unwrap();
             assert!(slot < 7);
         }
     }
 
     #[test]
-    fn entries_round_trip_and_expire() {
+    fn entries_round_trip_expire_and_are_authenticated() {
+        let keys = CacheKeys::new(&config());
         let fp = [7u8; 32];
         let c = claims(json!({"active": true, "sub": "u"}));
-        let e = encode_entry(&fp, NOW + 5, &c);
-        assert_eq!(decode_entry(&e, &fp, NOW), Some(c.clone()));
+        let e = keys.encode(&fp, NOW + 5, &c);
+        assert_eq!(keys.decode(&e, &fp, NOW), Some(c.clone()));
         assert_eq!(
-            decode_entry(&e, &fp, NOW + 5),
+            keys.decode(&e, &fp, NOW + 5),
             None,
             "never served at or after expiry"
         );
         assert_eq!(
-            decode_entry(&e, &[8u8; 32], NOW),
+            keys.decode(&e, &[8u8; 32], NOW),
             None,
             "another token's entry"
         );
         assert_eq!(entry_expiry(&e), Some(NOW + 5));
         for cut in 0..e.len() {
-            let _ = decode_entry(&e[..cut], &fp, NOW);
+            assert_eq!(keys.decode(&e[..cut], &fp, NOW), None);
         }
-        assert_eq!(decode_entry(b"", &fp, NOW), None);
+        assert_eq!(keys.decode(b"", &fp, NOW), None);
+        // A forged entry (other sub, or a later expiry) fails the MAC.
+        let mut forged = e.clone();
+        let n = forged.len();
+        forged[n - 3] ^= 1;
+        assert_eq!(keys.decode(&forged, &fp, NOW), None);
+        let mut later = e.clone();
+        later[33..41].copy_from_slice(&(NOW + 500).to_le_bytes());
+        assert_eq!(keys.decode(&later, &fp, NOW + 10), None);
+        // An entry written under another secret is not accepted.
+        let other = CacheKeys::new(
+            &Config::from_json(
+                br#"{"cluster":"as","authority":"as","client_id":"sr","client_secret":"other",
+                    "claim_headers":{"email":"x-user-email"}}"#,
+            )
+            .unwrap(),
+        );
+        assert_eq!(keys.decode(&other.encode(&fp, NOW + 5, &c), &fp, NOW), None);
     }
 
     #[test]
     fn slot_replacement() {
+        let keys = CacheKeys::new(&config());
         let mine = [1u8; 32];
         let other = [2u8; 32];
         let c = claims(json!({"active": true, "sub": "u"}));
         // Empty or garbage slot, expired entry, another token's live entry: replaced.
-        assert!(should_replace(b"", &mine, NOW + 10, NOW));
-        assert!(should_replace(
-            &encode_entry(&mine, NOW - 1, &c),
-            &mine,
-            NOW + 10,
-            NOW
-        ));
-        assert!(should_replace(
-            &encode_entry(&other, NOW + 100, &c),
-            &mine,
-            NOW + 10,
-            NOW
-        ));
+        assert!(keys.should_replace(b"", &mine, NOW + 10, NOW));
+        assert!(keys.should_replace(&keys.encode(&mine, NOW - 1, &c), &mine, NOW + 10, NOW));
+        assert!(keys.should_replace(&keys.encode(&other, NOW + 100, &c), &mine, NOW + 10, NOW));
         // This token's entry, shorter: replaced; as long or longer: kept.
-        assert!(should_replace(
-            &encode_entry(&mine, NOW + 5, &c),
-            &mine,
-            NOW + 10,
-            NOW
-        ));
-        assert!(!should_replace(
-            &encode_entry(&mine, NOW + 10, &c),
-            &mine,
-            NOW + 10,
-            NOW
-        ));
-        assert!(!should_replace(
-            &encode_entry(&mine, NOW + 20, &c),
-            &mine,
-            NOW + 10,
-            NOW
-        ));
+        assert!(keys.should_replace(&keys.encode(&mine, NOW + 5, &c), &mine, NOW + 10, NOW));
+        assert!(!keys.should_replace(&keys.encode(&mine, NOW + 10, &c), &mine, NOW + 10, NOW));
+        assert!(!keys.should_replace(&keys.encode(&mine, NOW + 20, &c), &mine, NOW + 10, NOW));
     }
 
     #[test]

@@ -315,15 +315,27 @@ impl Config {
                 Secret::new(required(Some(s), "client_secret")?)
             }
             (Some(_), None) => return Err(ConfigError::new("client_secret", "must be a string")),
-            (None, Some(name)) => match env(&name) {
-                Some(value) if !value.is_empty() => Secret::new(value),
-                _ => {
+            (None, Some(name)) => {
+                // Echo the name only if it looks like one: a secret pasted here stays unlogged.
+                let looks_like_name = !name.is_empty()
+                    && name.len() <= 64
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !looks_like_name {
                     return Err(ConfigError::new(
                         "client_secret_env",
-                        format!("environment variable `{name}` is not set in the VM (Envoy: vm_config.environment_variables; Istio: vmConfig.env)"),
-                    ))
+                        "must be an environment variable name (letters, digits, `_`)",
+                    ));
                 }
-            },
+                match env(&name) {
+                    Some(value) if !value.is_empty() => Secret::new(value),
+                    _ => {
+                        return Err(ConfigError::new(
+                            "client_secret_env",
+                            format!("environment variable `{name}` is not set in the VM (Envoy: vm_config.environment_variables; Istio: vmConfig.env)"),
+                        ))
+                    }
+                }
+            }
             (None, None) => {
                 return Err(ConfigError::new(
                     "client_secret",
@@ -588,6 +600,25 @@ impl Config {
             discovery_path: raw.discovery_path,
             introspection_path_explicit,
             cache,
+        })
+    }
+}
+
+impl Config {
+    /// Whether an incoming header name is one the filter sets, or a spelling an upstream might
+    /// read as one: case-insensitive, with `_` and `-` equivalent (CGI-style stacks map both to
+    /// `HTTP_X_USER_SUB`).
+    pub fn is_identity_header(&self, name: &[u8]) -> bool {
+        self.identity_headers.iter().any(|h| {
+            h.len() == name.len()
+                && h.bytes().zip(name.iter()).all(|(a, &b)| {
+                    let b = if b == b'_' {
+                        b'-'
+                    } else {
+                        b.to_ascii_lowercase()
+                    };
+                    a == b
+                })
         })
     }
 }
@@ -965,6 +996,45 @@ mod tests {
                 .field,
             "cache"
         );
+    }
+
+    #[test]
+    fn identity_header_spellings() {
+        let c = with(
+            "claim_headers",
+            serde_json::json!({"scope": "x-token-scope"}),
+        )
+        .unwrap();
+        for name in [
+            &b"x-user-sub"[..],
+            b"X-User-Sub",
+            b"x_user_sub",
+            b"X_USER-sub",
+            b"x-token_scope",
+        ] {
+            assert!(
+                c.is_identity_header(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        for name in [
+            &b"x-user-subx"[..],
+            b"x-user",
+            b"authorization",
+            b"x-user-s\xffb",
+        ] {
+            assert!(!c.is_identity_header(name));
+        }
+    }
+
+    #[test]
+    fn secret_env_name_is_not_echoed_unless_it_is_a_name() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("client_secret");
+        v["client_secret_env"] = "pasted secret!".into();
+        let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert!(!err.to_string().contains("pasted"), "{err}");
     }
 
     #[test]

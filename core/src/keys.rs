@@ -63,6 +63,18 @@ impl KeyState {
         }
     }
 
+    /// Records a fetch that could not even be sent (path unknown, dispatch refused): the timer
+    /// waits its retry delay before trying again.
+    pub fn fetch_not_started(&mut self, now: i64) {
+        self.last_attempt = Some(now);
+    }
+
+    /// The request that started a fetch went away before the answer (which will not be
+    /// delivered): the next fetch may start at once.
+    pub fn fetch_abandoned(&mut self) {
+        self.in_flight_since = None;
+    }
+
     /// Records the end of a fetch. A failure keeps the last good keys.
     pub fn fetch_finished(
         &mut self,
@@ -126,6 +138,18 @@ mod tests {
         let _ = s.fetch_finished(101, Ok(some_keys()));
         assert!(!s.kid_refetch_allowed(129, 30));
         assert!(s.kid_refetch_allowed(130, 30));
+    }
+
+    #[test]
+    fn unsent_and_abandoned_fetches() {
+        let mut s = KeyState::default();
+        s.fetch_not_started(0);
+        assert!(!s.timer_fetch_due(4, 600, 5), "waits the retry delay");
+        assert!(s.timer_fetch_due(5, 600, 5));
+        s.fetch_started(10, true);
+        assert!(!s.timer_fetch_due(11, 600, 5));
+        s.fetch_abandoned();
+        assert!(s.timer_fetch_due(15, 600, 5));
     }
 
     #[test]

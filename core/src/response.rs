@@ -11,13 +11,22 @@ use crate::decision::Claims;
 use crate::discovery::Endpoints;
 use crate::jwt::{self, Expectations, KeySet, Keys, VerifyError};
 
-/// The parts of the callout response the filter looks at.
-#[derive(Debug, Clone, Copy)]
+/// The parts of the callout response the filter looks at. `Debug` omits the body.
+#[derive(Clone, Copy)]
 pub struct Answer<'a> {
     /// `:status`, absent when the callout failed (timeout, reset, no upstream).
     pub status: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
     pub body: &'a [u8],
+}
+
+impl std::fmt::Debug for Answer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status.map(String::from_utf8_lossy))
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 /// Why an answer cannot be used. Safe to log.

@@ -60,7 +60,10 @@ impl Config {
         &self.identity_prefixes
     }
 
+    /// Identity headers, and their underscore spellings (`x_user_sub`), which many stacks
+    /// read as the same header: /me reports them so a forged one would show.
     fn is_identity_header(&self, name: &str) -> bool {
+        let name = name.replace('_', "-");
         name == self.sub_header
             || self
                 .identity_prefixes
