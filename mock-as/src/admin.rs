@@ -23,6 +23,7 @@ pub const DEFAULT_TTL_SECS: i64 = 3_600;
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/_mock/tokens", post(mint))
+        .route("/_mock/tokens/bulk", post(mint_bulk))
         .route("/_mock/revoke", post(revoke))
         .route("/_mock/count", post(count))
         .route("/_mock/stats", get(stats))
@@ -127,6 +128,79 @@ async fn mint(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     };
     st.store().insert(token, record);
     json_response(200, &response)
+}
+
+/// Most tokens one `POST /_mock/tokens/bulk` may mint.
+pub const BULK_MAX: usize = 200_000;
+
+/// `POST /_mock/tokens/bulk` body: `count` plain access tokens for one subject (benchmarks
+/// need many distinct tokens, minted fast).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkMintRequest {
+    /// How many tokens, 1 to [`BULK_MAX`].
+    pub count: usize,
+    /// Subject of every token.
+    pub sub: String,
+    /// Scopes; default [`DEFAULT_SCOPE`].
+    pub scope: Option<String>,
+    /// Lifetime; may be zero or negative to mint expired tokens.
+    pub ttl_secs: Option<i64>,
+}
+
+/// `POST /_mock/tokens/bulk` answer.
+#[derive(Debug, Serialize)]
+pub struct BulkMintResponse {
+    /// The tokens, all distinct.
+    pub tokens: Vec<String>,
+}
+
+/// Builds the tokens and their records for a bulk mint request.
+pub fn bulk_records(req: BulkMintRequest, now: i64) -> Result<Vec<(String, TokenRecord)>, String> {
+    if req.count == 0 || req.count > BULK_MAX {
+        return Err(format!("count must be between 1 and {BULK_MAX}"));
+    }
+    let record = TokenRecord {
+        sub: req.sub,
+        scope: req.scope.unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
+        iat: now,
+        exp: now.saturating_add(req.ttl_secs.unwrap_or(DEFAULT_TTL_SECS)),
+        kind: TokenKind::Access,
+        tamper: None,
+        delay_ms: None,
+        revoked: false,
+    };
+    let mut seen = std::collections::HashSet::with_capacity(req.count);
+    let mut out = Vec::with_capacity(req.count);
+    while out.len() < req.count {
+        let token = random_token();
+        // 256 random bits never collide in practice; checked anyway so `count` is exact.
+        if seen.insert(token.clone()) {
+            out.push((token, record.clone()));
+        }
+    }
+    Ok(out)
+}
+
+async fn mint_bulk(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req: BulkMintRequest = match parse(&body) {
+        Ok(req) => req,
+        Err(message) => return error(400, &message),
+    };
+    let now = now_secs();
+    let minted = match tokio::task::spawn_blocking(move || bulk_records(req, now)).await {
+        Ok(Ok(minted)) => minted,
+        Ok(Err(message)) => return error(400, &message),
+        Err(e) => return error(500, &e.to_string()),
+    };
+    let tokens = minted.iter().map(|(token, _)| token.clone()).collect();
+    {
+        let mut store = st.store();
+        for (token, record) in minted {
+            store.insert(token, record);
+        }
+    }
+    json_response(200, &BulkMintResponse { tokens })
 }
 
 /// A body naming one token.
@@ -257,6 +331,98 @@ mod tests {
         assert!(mint_record(empty, 1_000).is_err());
         assert!(serde_json::from_str::<MintRequest>(r#"{"tamper":"nope"}"#).is_err());
         assert!(serde_json::from_str::<MintRequest>(r#"{"subject":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn bulk_mint() {
+        let req: BulkMintRequest =
+            serde_json::from_str(r#"{"count":1000,"sub":"u","scope":"openid","ttl_secs":60}"#)
+                .unwrap();
+        let minted = bulk_records(req, 1_000).unwrap();
+        assert_eq!(minted.len(), 1000);
+        let distinct: std::collections::HashSet<_> = minted.iter().map(|(t, _)| t).collect();
+        assert_eq!(distinct.len(), 1000);
+        for (token, record) in &minted {
+            assert_eq!(token.len(), 43);
+            assert_eq!(
+                (record.sub.as_str(), record.scope.as_str()),
+                ("u", "openid")
+            );
+            assert_eq!((record.iat, record.exp), (1_000, 1_060));
+            assert_eq!(record.kind, TokenKind::Access);
+            assert!(record.is_active(1_000));
+        }
+        let defaults: BulkMintRequest = serde_json::from_str(r#"{"count":1,"sub":"u"}"#).unwrap();
+        let (_, record) = bulk_records(defaults, 1_000).unwrap().remove(0);
+        assert_eq!((record.scope.as_str(), record.exp), (DEFAULT_SCOPE, 4_600));
+        for bad in [r#"{"count":0,"sub":"u"}"#, r#"{"count":200001,"sub":"u"}"#] {
+            let req: BulkMintRequest = serde_json::from_str(bad).unwrap();
+            assert!(bulk_records(req, 1_000).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<BulkMintRequest>(r#"{"count":1}"#).is_err());
+        assert!(serde_json::from_str::<BulkMintRequest>(r#"{"count":1,"sub":"u","x":1}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn bulk_mint_endpoint() {
+        use crate::clients::{parse_client_arg, Clients};
+        use axum::http::Request;
+        use tower::ServiceExt as _;
+
+        let state = Arc::new(AppState::new(
+            "http://127.0.0.1:9/api/v2",
+            "fs-demo",
+            Clients::new([parse_client_arg("sr:sec").unwrap()]),
+            KeySet::new(KeyPair::generate().unwrap()),
+        ));
+        let app = crate::routes::router(state.clone(), false);
+        let post = |path: &str, body: &str| {
+            Request::builder()
+                .method("POST")
+                .uri(path)
+                .body(axum::body::Body::from(body.to_owned()))
+                .unwrap()
+        };
+        let resp = app
+            .clone()
+            .oneshot(post(
+                "/_mock/tokens/bulk",
+                r#"{"count":3,"sub":"bulk-user"}"#,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let tokens = answer["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 3);
+        for token in tokens {
+            let token = token.as_str().unwrap();
+            // Minted tokens introspect as active for their subject.
+            let form = format!("token={token}&client_id=sr&client_secret=sec");
+            let req = Request::builder()
+                .method("POST")
+                .uri(crate::routes::INTROSPECTION_PATH)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(axum::body::Body::from(form))
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (answer["active"].as_bool(), answer["sub"].as_str()),
+                (Some(true), Some("bulk-user"))
+            );
+        }
+        let resp = app
+            .oneshot(post("/_mock/tokens/bulk", r#"{"count":0,"sub":"u"}"#))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
     }
 
     #[test]
