@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use introspection_core::bearer::{self, Credentials};
-use introspection_core::cache::{CacheKey, CacheKeys};
+use introspection_core::cache::{self, CacheKey, CacheKeys, LocalCache};
 use introspection_core::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
 use introspection_core::config::KeySource;
 use introspection_core::decision::{self, Claims, Decision, Denial};
@@ -43,6 +43,8 @@ const TICK: Duration = Duration::from_secs(1);
 const RETRY_SECS: i64 = 5;
 /// Timeout of discovery and JWKS fetches.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Entries each VM keeps in its own memory in front of the shared cache.
+const LOCAL_CACHE_MAX: u32 = 4096;
 const ACCEPT_JWKS: &str = "application/jwk-set+json, application/json";
 
 /// What one VM knows beyond its configuration: the endpoints (after discovery, if configured)
@@ -56,6 +58,8 @@ struct Shared {
     discovery_in_flight: bool,
     /// Names, writes and reads cache entries for this configuration.
     cache_keys: CacheKeys,
+    /// This VM's front of the shared cache.
+    local: LocalCache,
     /// Requests of this VM that were let through (their body and trailers may flow).
     allowed: HashSet<u32>,
     /// Introspections in progress in this VM, by token fingerprint: one callout per token at a
@@ -245,12 +249,15 @@ impl RootContext for GateRoot {
                 Some(KeySource::Remote { .. })
             );
         let cache_keys = CacheKeys::new(&config);
+        let local_capacity =
+            usize::try_from(config.cache.max_entries.min(LOCAL_CACHE_MAX)).unwrap_or(0);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             config,
             endpoints,
             keys: KeyState::default(),
             discovery_attempt: None,
             discovery_in_flight: false,
+            local: LocalCache::new(local_capacity),
             cache_keys,
             allowed: HashSet::new(),
             flights: HashMap::new(),
@@ -664,11 +671,17 @@ impl HttpContext for Gate {
             );
         };
         let (key, metrics, cached) = {
-            let s = shared.borrow();
+            let mut s = shared.borrow_mut();
             let slots = config.cache.max_entries.max(1);
             let key = s.cache_keys.key_for(&token, slots);
             let cached = if config.cache.enabled() {
-                cache_lookup(&s.cache_keys, &key, now)
+                s.local.get(&key.fingerprint, now).or_else(|| {
+                    let (expires_at, claims) = cache_lookup(&s.cache_keys, &key, now)?;
+                    let claims = Rc::new(claims);
+                    s.local
+                        .insert(key.fingerprint, expires_at, claims.clone(), now);
+                    Some(claims)
+                })
             } else {
                 None
             };
@@ -920,9 +933,12 @@ fn deny(id: u32, config: &Config, denial: &Denial) -> Action {
 }
 
 /// A live cache entry for this token, if any.
-fn cache_lookup(keys: &CacheKeys, key: &CacheKey, now: i64) -> Option<Claims> {
+fn cache_lookup(keys: &CacheKeys, key: &CacheKey, now: i64) -> Option<(i64, Claims)> {
     match host::shared_data(&key.slot_key) {
-        Ok(Some((bytes, _))) => keys.decode(&bytes, &key.fingerprint, now),
+        Ok(Some((bytes, _))) => {
+            let claims = keys.decode(&bytes, &key.fingerprint, now)?;
+            Some((cache::entry_expiry(&bytes)?, claims))
+        }
         Ok(None) => None,
         Err(status) => {
             warn!("cache read failed: {status:?}");
@@ -937,13 +953,12 @@ fn store_in_cache(shared: &SharedRef, config: &Config, key: &CacheKey, claims: &
     let Some(expires_at) = config.cache.expires_at(config, claims, now) else {
         return;
     };
-    let s = shared.borrow();
+    let kept = cache::kept_claims(config, claims);
+    let mut s = shared.borrow_mut();
+    let entry = s.cache_keys.encode(&key.fingerprint, expires_at, &kept);
+    s.local
+        .insert(key.fingerprint, expires_at, Rc::new(kept), now);
     let keys = &s.cache_keys;
-    let entry = keys.encode(
-        &key.fingerprint,
-        expires_at,
-        &introspection_core::cache::kept_claims(config, claims),
-    );
     for _ in 0..2 {
         let cas = match host::shared_data(&key.slot_key) {
             Ok(Some((bytes, cas))) => {

@@ -94,8 +94,11 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone)]
 pub struct CacheKeys {
     prefix: String,
-    scope: Vec<u8>,
-    mac_key: Vec<u8>,
+    /// HMAC state after the key, the domain label and the scope: cloned for each token, so a
+    /// request hashes only its token (SHA-256 is slow in wasm).
+    fingerprint_base: HmacSha256,
+    /// HMAC state after the key and the entry label.
+    entry_base: HmacSha256,
 }
 
 impl std::fmt::Debug for CacheKeys {
@@ -114,24 +117,24 @@ impl CacheKeys {
         for b in digest.iter().take(6) {
             prefix.push_str(&format!("{b:02x}"));
         }
+        // HMAC accepts keys of any length; the error case cannot happen.
+        let keyed = HmacSha256::new_from_slice(config.client_secret.expose().as_bytes())
+            .unwrap_or_else(|_| HmacSha256::new(&Default::default()));
+        let mut fingerprint_base = keyed.clone();
+        fingerprint_base.update(b"fingerprint\0");
+        fingerprint_base.update(&scope);
+        let mut entry_base = keyed;
+        entry_base.update(b"entry\0");
         CacheKeys {
             prefix,
-            scope,
-            mac_key: config.client_secret.expose().as_bytes().to_vec(),
+            fingerprint_base,
+            entry_base,
         }
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        // HMAC accepts keys of any length; the error case cannot happen.
-        HmacSha256::new_from_slice(&self.mac_key)
-            .unwrap_or_else(|_| HmacSha256::new(&Default::default()))
     }
 
     /// The slot and fingerprint of `token`, among `slots` slots.
     pub fn key_for(&self, token: &str, slots: u32) -> CacheKey {
-        let mut mac = self.mac();
-        mac.update(b"fingerprint\0");
-        mac.update(&self.scope);
+        let mut mac = self.fingerprint_base.clone();
         mac.update(token.as_bytes());
         let fingerprint: [u8; 32] = mac.finalize().into_bytes().into();
         let mut first = [0u8; 8];
@@ -144,8 +147,7 @@ impl CacheKeys {
     }
 
     fn tag(&self, fingerprint: &[u8], expiry: &[u8], json: &[u8]) -> HmacSha256 {
-        let mut mac = self.mac();
-        mac.update(b"entry\0");
+        let mut mac = self.entry_base.clone();
         mac.update(fingerprint);
         mac.update(expiry);
         mac.update(json);
@@ -245,6 +247,61 @@ const HEADER: usize = 1 + 32 + 8 + 32;
 pub fn entry_expiry(bytes: &[u8]) -> Option<i64> {
     let expiry = bytes.get(33..41)?;
     Some(i64::from_le_bytes(expiry.try_into().ok()?))
+}
+
+/// A small per-VM front of the shared cache: verified claims kept in the worker's own memory,
+/// so a hit needs no shared-data copy, MAC check or JSON parse. Entries keep the expiry of the
+/// shared entry, so nothing is served longer than the shared cache would.
+#[derive(Debug)]
+pub struct LocalCache {
+    entries: std::collections::HashMap<[u8; 32], (i64, std::rc::Rc<Claims>)>,
+    capacity: usize,
+}
+
+impl LocalCache {
+    pub fn new(capacity: usize) -> LocalCache {
+        LocalCache {
+            entries: std::collections::HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// The claims for this fingerprint, if still valid at `now`.
+    pub fn get(&self, fingerprint: &[u8; 32], now: i64) -> Option<std::rc::Rc<Claims>> {
+        match self.entries.get(fingerprint) {
+            Some((expires_at, claims)) if *expires_at > now => Some(claims.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps claims until `expires_at`. When full, expired entries go first, then everything
+    /// (a bounded map, not an LRU: refilling from the shared cache is cheap).
+    pub fn insert(
+        &mut self,
+        fingerprint: [u8; 32],
+        expires_at: i64,
+        claims: std::rc::Rc<Claims>,
+        now: i64,
+    ) {
+        if self.capacity == 0 || expires_at <= now {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&fingerprint) {
+            self.entries.retain(|_, (e, _)| *e > now);
+            if self.entries.len() >= self.capacity {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(fingerprint, (expires_at, claims));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// Only what the policy reads: smaller entries, and no claim the SR does not get.
@@ -415,6 +472,33 @@ mod tests {
         assert!(keys.should_replace(&keys.encode(&mine, NOW + 5, &c), &mine, NOW + 10, NOW));
         assert!(!keys.should_replace(&keys.encode(&mine, NOW + 10, &c), &mine, NOW + 10, NOW));
         assert!(!keys.should_replace(&keys.encode(&mine, NOW + 20, &c), &mine, NOW + 10, NOW));
+    }
+
+    #[test]
+    fn local_cache_is_bounded_and_expires() {
+        let mut l = LocalCache::new(2);
+        let c = std::rc::Rc::new(claims(json!({"active": true, "sub": "u"})));
+        l.insert([1; 32], NOW + 5, c.clone(), NOW);
+        assert!(l.get(&[1; 32], NOW).is_some());
+        assert!(
+            l.get(&[1; 32], NOW + 5).is_none(),
+            "never served at or after expiry"
+        );
+        assert!(l.get(&[2; 32], NOW).is_none());
+        l.insert([2; 32], NOW + 1, c.clone(), NOW);
+        // Full: the expired entry goes first.
+        l.insert([3; 32], NOW + 9, c.clone(), NOW + 2);
+        assert_eq!(l.len(), 2);
+        assert!(l.get(&[1; 32], NOW + 2).is_some() && l.get(&[3; 32], NOW + 2).is_some());
+        // Full of live entries: cleared, bounded.
+        l.insert([4; 32], NOW + 9, c.clone(), NOW + 2);
+        assert_eq!(l.len(), 1);
+        // Already expired or disabled: not kept.
+        l.insert([5; 32], NOW, c.clone(), NOW);
+        assert!(l.get(&[5; 32], NOW - 1).is_none());
+        let mut off = LocalCache::new(0);
+        off.insert([1; 32], NOW + 5, c, NOW);
+        assert!(off.is_empty());
     }
 
     #[test]
