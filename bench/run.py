@@ -541,8 +541,10 @@ def run_row(name, ctx):
         r = runner.wrk(url, seconds, script=lua, script_args=[prefix, *mode_args], sessions=sessions)
         # Each wrk thread's first token must have been introspected exactly once: fresh tokens
         # really reached the AS, one per request.
-        r["first_token_counts"] = [post_json(mock.port, "/_mock/count", {"token": t})["introspections"]
-                                   for t in firsts]
+        # (as-direct's mock runs with --no-bookkeeping and cannot tell: checked on the misses.)
+        if name != "as-direct":
+            r["first_token_counts"] = [
+                post_json(mock.port, "/_mock/count", {"token": t})["introspections"] for t in firsts]
         return r, mint_s
 
     warm, _ = go(args.warmup, args.warmup_tokens, "warmup")
@@ -568,7 +570,7 @@ def run_row(name, ctx):
     if fresh and result["tokens_exhausted"]:
         problems.append(f"tokens ran out ({result['tokens_exhausted']} requests reused one)")
     counts = result.get("first_token_counts")
-    if fresh and (not counts or any(c != 1 for c in counts)):
+    if fresh and name != "as-direct" and (not counts or any(c != 1 for c in counts)):
         problems.append(f"first tokens introspected {counts} times, not once each")
     if fresh and result["tokens_used"] is None:
         problems.append("token script reported nothing")
@@ -745,10 +747,8 @@ def build_report(data):
         lines += [f"**Other processes used the CPU during {', '.join(busy_rows)}** (column "
                   "`other`): those rows are lower than on an idle machine; run again when it is idle.", ""]
     if direct and direct["p50_ms"] and direct["p99_ms"] and direct["p99_ms"] > 20 * direct["p50_ms"]:
-        lines += ["as-direct: its p99 is far above its p50. At this rate the mock's per-token "
-                  "bookkeeping (a record per token introspected, for `/_mock/count` and "
-                  "`/_mock/last-request`) makes its memory grow fast (mock RSS after each row is in "
-                  "results.json) and stalls it now and then; see bench/README.md.", ""]
+        lines += ["as-direct: its p99 is far above its p50 (the mock stalled now and then; its "
+                  "RSS after each row is in results.json).", ""]
 
     lines += ["## Targets", ""]
     for t in data["targets"]:
@@ -898,14 +898,14 @@ def parse_args():
     return ap.parse_args()
 
 
-def start_mock(procs, args, logdir, name):
+def start_mock(procs, args, logdir, name, extra=()):
     """Starts mock-as with the benchmark's clients; returns the process and its port."""
     port_file = os.path.join(logdir, f"{name}.port")
     client_args = []
     for alg, cid in CLIENTS.items():
         client_args += ["--client", f"{cid}:{SECRET}:{'none' if alg == 'plain' else alg}"]
     p = procs.start(name, [os.path.join(args.bin_dir, "mock-as"), "--listen", "127.0.0.1:0",
-                           "--port-file", port_file, "--quiet", *client_args],
+                           "--port-file", port_file, "--quiet", *extra, *client_args],
                     os.path.join(logdir, f"{name}.log"))
     return p, wait_for(name, lambda: read_port_file(port_file), p)
 
@@ -969,7 +969,8 @@ def main():
             if name == "as-direct":
                 # A mock of its own: at this rate its per-token bookkeeping grows by ~1 GB, which
                 # would slow down the rows after it if they shared it.
-                direct_p, direct_port = start_mock(procs, args, logdir, "mock-as-direct")
+                direct_p, direct_port = start_mock(procs, args, logdir, "mock-as-direct",
+                                                   extra=("--no-bookkeeping",))
                 try:
                     sub = dict(ctx, mock=Mock(direct_port), mock_p=direct_p,
                                sessions=dict(ctx["sessions"], **{"mock-as": direct_p.pid}))

@@ -50,6 +50,10 @@ struct Cli {
     /// Do not log each request to stderr (for benchmarks).
     #[arg(long)]
     quiet: bool,
+    /// Keep no per-token request bookkeeping (`/_mock/count` and `/_mock/last-request` then
+    /// report nothing): memory stays flat under millions of distinct tokens (benchmarks).
+    #[arg(long)]
+    no_bookkeeping: bool,
 }
 
 fn main() -> ExitCode {
@@ -133,12 +137,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         .issuer
         .clone()
         .unwrap_or_else(|| format!("http://{addr}/api/v2"));
-    let state = Arc::new(AppState::new(
-        &issuer,
-        &cli.fs_client_id,
-        clients,
-        KeySet::new(keys),
-    ));
+    let mut state = AppState::new(&issuer, &cli.fs_client_id, clients, KeySet::new(keys));
+    if cli.no_bookkeeping {
+        state = state.without_bookkeeping();
+    }
+    let state = Arc::new(state);
     let app = routes::router(state.clone(), !cli.quiet);
 
     {

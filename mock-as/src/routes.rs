@@ -61,6 +61,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Turns off per-token request bookkeeping (`/_mock/count`, `/_mock/last-request`).
+    pub fn without_bookkeeping(self) -> Self {
+        Self {
+            store: Mutex::new(Store::without_bookkeeping()),
+            ..self
+        }
+    }
+
     /// Builds the state and the discovery document.
     pub fn new(issuer: &str, fs_client_id: &str, clients: Clients, keys: KeySet) -> Self {
         let issuer = issuer.trim_end_matches('/').to_owned();

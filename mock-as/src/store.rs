@@ -138,9 +138,19 @@ pub struct Lookup {
 pub struct Store {
     tokens: HashMap<String, TokenRecord>,
     seen: HashMap<String, Seen>,
+    /// `--no-bookkeeping`: no per-token counts or last requests (benchmarks of the floor).
+    skip_bookkeeping: bool,
 }
 
 impl Store {
+    /// A store that keeps no per-token request bookkeeping.
+    pub fn without_bookkeeping() -> Self {
+        Store {
+            skip_bookkeeping: true,
+            ..Store::default()
+        }
+    }
+
     /// Stores a token (replacing any previous record with the same string).
     pub fn insert(&mut self, token: String, record: TokenRecord) {
         self.tokens.insert(token, record);
@@ -176,6 +186,9 @@ impl Store {
         authenticated: bool,
     ) -> Lookup {
         let record = self.tokens.get(token).cloned();
+        if self.skip_bookkeeping {
+            return Lookup { record };
+        }
         last.token_bytes_equal = record.is_some();
         last.authenticated = authenticated;
         if let Some(seen) = self.seen_mut(token) {
@@ -228,6 +241,18 @@ mod tests {
             form_keys: vec![],
             token_bytes_equal: false,
         }
+    }
+
+    #[test]
+    fn bookkeeping_can_be_off() {
+        let mut store = Store::without_bookkeeping();
+        store.insert("t".into(), record(10));
+        assert!(store
+            .record_introspection("t", last(), true)
+            .record
+            .is_some());
+        assert_eq!(store.count("t"), 0);
+        assert!(store.last_request("t").is_none());
     }
 
     #[test]
