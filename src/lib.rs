@@ -488,26 +488,9 @@ impl Context for Gate {
         let config = shared.borrow().config.clone();
         let Ok(now) = host::now_unix() else {
             self.phase = Phase::Done;
-            let denial = Denial::Unavailable("cannot read the clock".into());
-            conclude(
-                &shared,
-                self.id,
-                &config,
-                Decision::Deny(denial.clone()),
-                true,
-            );
-            for waiter in self.take_flight(&shared) {
-                if host::set_effective_context(waiter).is_ok() {
-                    conclude(
-                        &shared,
-                        waiter,
-                        &config,
-                        Decision::Deny(denial.clone()),
-                        true,
-                    );
-                }
-            }
-            return;
+            let deny = || Decision::Deny(Denial::Unavailable("cannot read the clock".into()));
+            conclude(&shared, self.id, &config, deny(), true);
+            return self.conclude_waiters(&shared, &config, deny);
         };
         let answer = read_answer(num_headers, body_size, config.max_response_bytes);
         let phase = std::mem::replace(&mut self.phase, Phase::Done);
@@ -546,12 +529,7 @@ impl Context for Gate {
         conclude(&shared, self.id, &config, decide(&outcome), true);
         // The requests that waited for this answer get the same treatment, each its own
         // decision (the policy is the same, the verdict too).
-        let waiters = self.take_flight(&shared);
-        for waiter in waiters {
-            if host::set_effective_context(waiter).is_ok() {
-                conclude(&shared, waiter, &config, decide(&outcome), true);
-            }
-        }
+        self.conclude_waiters(&shared, &config, || decide(&outcome));
     }
 
     fn on_done(&mut self) -> bool {
@@ -569,21 +547,12 @@ impl Context for Gate {
             // drops the answers of a request that is gone, so its waiters are refused rather
             // than left hanging.
             Phase::Introspecting | Phase::RefetchingKeys(_) => {
-                let waiters = self.take_flight(&shared);
                 let config = shared.borrow().config.clone();
-                for waiter in waiters {
-                    if host::set_effective_context(waiter).is_ok() {
-                        conclude(
-                            &shared,
-                            waiter,
-                            &config,
-                            Decision::Deny(Denial::Unavailable(
-                                "the request introspecting this token went away".into(),
-                            )),
-                            true,
-                        );
-                    }
-                }
+                self.conclude_waiters(&shared, &config, || {
+                    Decision::Deny(Denial::Unavailable(
+                        "the request introspecting this token went away".into(),
+                    ))
+                });
             }
             Phase::Waiting => {
                 if let Some(key) = &self.key {
@@ -823,6 +792,20 @@ impl Gate {
             shared.borrow().metrics.denied(denial);
         }
         deny(self.id, config, denial)
+    }
+
+    /// Ends this request's flight and applies `decision` to every request that waited for it.
+    fn conclude_waiters(
+        &self,
+        shared: &SharedRef,
+        config: &Config,
+        decision: impl Fn() -> Decision,
+    ) {
+        for waiter in self.take_flight(shared) {
+            if host::set_effective_context(waiter).is_ok() {
+                conclude(shared, waiter, config, decision(), true);
+            }
+        }
     }
 
     /// Ends this request's flight and returns the requests that waited for it.

@@ -171,7 +171,7 @@ fn two_authorization_headers_are_refused() {
 #[test]
 fn unknown_expired_revoked_and_refresh_tokens_are_invalid() {
     let stack = Stack::start("invalid");
-    let invalid = "Bearer realm=\"api\", error=\"invalid_token\"";
+    let invalid = e2e::INVALID_TOKEN;
 
     let unknown = fresh_secret("unknownToken");
     stack.secret(&unknown);

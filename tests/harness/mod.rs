@@ -532,6 +532,12 @@ impl Stack {
             .unwrap_or_else(|e| panic!("GET {path} through envoy: {e}"))
     }
 
+    /// The status of `GET /api/users/me` with a token freshly minted for `sub`.
+    pub fn fresh_user_status(&self, sub: &str) -> u16 {
+        self.get_with_token("/api/users/me", &self.user_token(sub))
+            .status
+    }
+
     /// GET through Envoy with `Authorization: Bearer <token>`.
     pub fn get_with_token(&self, path: &str, token: &str) -> Response {
         let value = format!("Bearer {token}");
@@ -580,6 +586,10 @@ impl Drop for Stack {
         }
     }
 }
+
+/// The challenge of a 401 for an invalid, expired or revoked token (a prefix: a description
+/// follows).
+pub const INVALID_TOKEN: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
 
 /// Asserts a local denial: status, the `WWW-Authenticate` challenge (or its absence), JSON body.
 pub fn assert_denied(r: &Response, status: u16, challenge: Option<&str>) {
