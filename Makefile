@@ -64,6 +64,7 @@ unit:
 	$(CARGO) test --workspace --exclude e2e
 
 e2e: build envoy
+	rm -rf target/e2e
 	E2E_WASM="$(CURDIR)/$(WASM)" E2E_BIN_DIR="$(CURDIR)/target/release" $(CARGO) test -p e2e -- --test-threads=2
 
 test: unit e2e
