@@ -101,14 +101,14 @@ struct RawConfig {
     jwks_authority: Option<String>,
     #[serde(default)]
     discovery_path: Option<String>,
-    #[serde(default = "default_jwks_refresh_secs")]
-    jwks_refresh_secs: u64,
-    #[serde(default = "default_jwks_refetch_interval_secs")]
-    jwks_refetch_interval_secs: u64,
-    #[serde(default = "default_iat_leeway_secs")]
-    iat_leeway_secs: u64,
-    #[serde(default = "default_iat_max_age_secs")]
-    iat_max_age_secs: u64,
+    #[serde(default)]
+    jwks_refresh_secs: Option<u64>,
+    #[serde(default)]
+    jwks_refetch_interval_secs: Option<u64>,
+    #[serde(default)]
+    iat_leeway_secs: Option<u64>,
+    #[serde(default)]
+    iat_max_age_secs: Option<u64>,
     #[serde(default)]
     cache: Option<RawCache>,
 }
@@ -123,18 +123,10 @@ struct RawCache {
     inactive_ttl_secs: Option<u32>,
 }
 
-fn default_jwks_refresh_secs() -> u64 {
-    600
-}
-fn default_jwks_refetch_interval_secs() -> u64 {
-    30
-}
-fn default_iat_leeway_secs() -> u64 {
-    30
-}
-fn default_iat_max_age_secs() -> u64 {
-    120
-}
+const DEFAULT_JWKS_REFRESH_SECS: u64 = 600;
+const DEFAULT_JWKS_REFETCH_INTERVAL_SECS: u64 = 30;
+const DEFAULT_IAT_LEEWAY_SECS: u64 = 30;
+const DEFAULT_IAT_MAX_AGE_SECS: u64 = 120;
 
 /// ProConnect's introspection path, the default.
 pub const DEFAULT_INTROSPECTION_PATH: &str = "/api/v2/token/introspection";
@@ -424,6 +416,13 @@ impl Config {
                     ("jwks_path", raw.jwks_path.is_some()),
                     ("jwks_cluster", raw.jwks_cluster.is_some()),
                     ("jwks_authority", raw.jwks_authority.is_some()),
+                    ("jwks_refresh_secs", raw.jwks_refresh_secs.is_some()),
+                    (
+                        "jwks_refetch_interval_secs",
+                        raw.jwks_refetch_interval_secs.is_some(),
+                    ),
+                    ("iat_leeway_secs", raw.iat_leeway_secs.is_some()),
+                    ("iat_max_age_secs", raw.iat_max_age_secs.is_some()),
                 ] {
                     if set {
                         return Err(ConfigError::new(
@@ -476,6 +475,22 @@ impl Config {
                             KeySource::Inline(set)
                         }
                         (None, path) => {
+                            if let Some(c) = &raw.jwks_cluster {
+                                if c.is_empty() {
+                                    return Err(ConfigError::new(
+                                        "jwks_cluster",
+                                        "must not be empty",
+                                    ));
+                                }
+                            }
+                            if let Some(a) = &raw.jwks_authority {
+                                if a.is_empty() || !a.bytes().all(is_authority_byte) {
+                                    return Err(ConfigError::new(
+                                        "jwks_authority",
+                                        "must be a host name with an optional port",
+                                    ));
+                                }
+                            }
                             if let Some(p) = &path {
                                 check_path(p, "jwks_path")?;
                             } else if raw.discovery_path.is_none() {
@@ -495,6 +510,8 @@ impl Config {
                     for (field, set) in [
                         ("jwks", raw.jwks.is_some()),
                         ("jwks_path", raw.jwks_path.is_some()),
+                        ("jwks_cluster", raw.jwks_cluster.is_some()),
+                        ("jwks_authority", raw.jwks_authority.is_some()),
                     ] {
                         if set {
                             return Err(ConfigError::new(
@@ -505,22 +522,28 @@ impl Config {
                     }
                     KeySource::ClientSecret
                 };
-                if !(10..=86_400).contains(&raw.jwks_refresh_secs) {
+                let refresh_secs = raw.jwks_refresh_secs.unwrap_or(DEFAULT_JWKS_REFRESH_SECS);
+                let refetch_secs = raw
+                    .jwks_refetch_interval_secs
+                    .unwrap_or(DEFAULT_JWKS_REFETCH_INTERVAL_SECS);
+                let leeway_secs = raw.iat_leeway_secs.unwrap_or(DEFAULT_IAT_LEEWAY_SECS);
+                let max_age_secs = raw.iat_max_age_secs.unwrap_or(DEFAULT_IAT_MAX_AGE_SECS);
+                if !(10..=86_400).contains(&refresh_secs) {
                     return Err(ConfigError::new(
                         "jwks_refresh_secs",
                         "must be between 10 and 86400",
                     ));
                 }
-                if raw.jwks_refetch_interval_secs > 3600 {
+                if refetch_secs > 3600 {
                     return Err(ConfigError::new(
                         "jwks_refetch_interval_secs",
                         "must be at most 3600",
                     ));
                 }
-                if raw.iat_leeway_secs > 600 {
+                if leeway_secs > 600 {
                     return Err(ConfigError::new("iat_leeway_secs", "must be at most 600"));
                 }
-                if !(1..=86_400).contains(&raw.iat_max_age_secs) {
+                if !(1..=86_400).contains(&max_age_secs) {
                     return Err(ConfigError::new(
                         "iat_max_age_secs",
                         "must be between 1 and 86400",
@@ -529,10 +552,10 @@ impl Config {
                 Some(Signed {
                     alg,
                     keys,
-                    refresh: Duration::from_secs(raw.jwks_refresh_secs),
-                    refetch_interval: Duration::from_secs(raw.jwks_refetch_interval_secs),
-                    iat_leeway: i64::try_from(raw.iat_leeway_secs).unwrap_or(600),
-                    iat_max_age: i64::try_from(raw.iat_max_age_secs).unwrap_or(86_400),
+                    refresh: Duration::from_secs(refresh_secs),
+                    refetch_interval: Duration::from_secs(refetch_secs),
+                    iat_leeway: i64::try_from(leeway_secs).unwrap_or(600),
+                    iat_max_age: i64::try_from(max_age_secs).unwrap_or(86_400),
                 })
             }
         };
@@ -946,6 +969,21 @@ mod tests {
         assert_eq!(
             with("jwks_path", "/jwks".into()).unwrap_err().field,
             "jwks_path"
+        );
+        assert_eq!(
+            with("iat_max_age_secs", 60.into()).unwrap_err().field,
+            "iat_max_age_secs"
+        );
+        let mut v = minimal();
+        v["signed_response_alg"] = "RS256".into();
+        v["issuer"] = "https://as/api/v2".into();
+        v["jwks_path"] = "/jwks".into();
+        v["jwks_authority"] = "bad host".into();
+        assert_eq!(
+            Config::from_json(v.to_string().as_bytes())
+                .unwrap_err()
+                .field,
+            "jwks_authority"
         );
         // Discovery can supply the issuer and the JWKS path.
         let mut v = minimal();

@@ -165,6 +165,62 @@ mod tests {
         assert!(e.is_err());
     }
 
+    fn config(extra: serde_json::Value) -> Config {
+        let mut v = serde_json::json!({"cluster": "as", "authority": "as", "client_id": "sr",
+            "client_secret": "secret"});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        Config::from_json(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn endpoints(issuer: Option<&str>) -> Endpoints {
+        Endpoints {
+            introspection_path: "/i".into(),
+            issuer: issuer.map(String::from),
+            jwks_path: Some("/jwks".into()),
+        }
+    }
+
+    #[test]
+    fn plain_answers_with_another_issuer_are_refused() {
+        let c = config(serde_json::json!({}));
+        let body = r#"{"active":true,"sub":"u","iss":"https://evil/api/v2"}"#;
+        let a = answer("200", "application/json", body);
+        assert!(verified_claims(&c, &endpoints(None), None, &a, 0).is_ok());
+        assert!(verified_claims(&c, &endpoints(Some("https://evil/api/v2")), None, &a, 0).is_ok());
+        assert_eq!(
+            verified_claims(&c, &endpoints(Some("https://as/api/v2")), None, &a, 0),
+            Err(AnswerError::Fault(
+                "answer iss is not the configured issuer".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn signed_mode_wants_a_jwt_and_keys() {
+        let c = config(serde_json::json!({"signed_response_alg": "RS256",
+            "issuer": "https://as/api/v2", "jwks_path": "/jwks"}));
+        let e = endpoints(Some("https://as/api/v2"));
+        // A plain JSON answer is never accepted in signed mode (no downgrade).
+        let plain = answer("200", "application/json", r#"{"active":true,"sub":"u"}"#);
+        assert!(matches!(
+            verified_claims(&c, &e, None, &plain, 0),
+            Err(AnswerError::Fault(_))
+        ));
+        // A JWT before any key is loaded: fetch keys, never pass.
+        let jwt = answer("200", "application/token-introspection+jwt", "a.b.c");
+        assert_eq!(
+            verified_claims(&c, &e, None, &jwt, 0),
+            Err(AnswerError::UnknownKey)
+        );
+        // Errors keep their status, even when a JWT was asked for.
+        let err = answer("401", "application/json", r#"{"error":"invalid_client"}"#);
+        assert!(
+            matches!(verified_claims(&c, &e, None, &err, 0), Err(AnswerError::Fault(f)) if f.contains("401"))
+        );
+    }
+
     #[test]
     fn media_type_is_normalised() {
         assert_eq!(
