@@ -229,7 +229,8 @@ pub fn log_level() -> Option<proxy_wasm::types::LogLevel> {
         2 => LogLevel::Info,
         3 => LogLevel::Warn,
         4 => LogLevel::Error,
-        _ => LogLevel::Critical,
+        5 => LogLevel::Critical,
+        _ => return None,
     })
 }
 

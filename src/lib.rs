@@ -163,7 +163,12 @@ impl Context for GateRoot {
             return;
         };
         let Ok(now) = host::now_unix() else {
-            warn!("cannot read the clock: discovery/JWKS answer dropped");
+            warn!("cannot read the clock: discovery/JWKS answer dropped, will retry");
+            let mut s = shared.borrow_mut();
+            match fetch {
+                Fetch::Discovery => s.discovery_in_flight = false,
+                Fetch::Jwks => s.keys.fetch_abandoned(),
+            }
             return;
         };
         let max = shared.borrow().config.max_response_bytes;
@@ -207,10 +212,8 @@ impl Context for GateRoot {
 impl RootContext for GateRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         // Forward only what Envoy will print: each log call is a host call.
-        match host::log_level() {
-            Some(level) => proxy_wasm::set_log_level(level),
-            None => proxy_wasm::set_log_level(LogLevel::Critical),
-        }
+        // `None` (logging off) maps to Critical, which the SDK's logger treats as off.
+        proxy_wasm::set_log_level(host::log_level().unwrap_or(LogLevel::Critical));
         true
     }
 
@@ -324,6 +327,9 @@ impl GateRoot {
         let Some(signed) = &config.signed else {
             return;
         };
+        if !matches!(signed.keys, KeySource::Remote { .. }) {
+            return; // HS256 or an inline JWKS: nothing to fetch
+        }
         let refresh = i64::try_from(signed.refresh.as_secs()).unwrap_or(i64::MAX);
         if s.keys.timer_fetch_due(now, refresh, RETRY_SECS) {
             match start_jwks_fetch(&mut s, now, false) {
@@ -356,7 +362,7 @@ fn start_jwks_fetch(s: &mut Shared, now: i64, triggered: bool) -> Result<u32, St
         return Err("keys are not fetched".into());
     };
     let Some(path) = s.endpoints.as_ref().and_then(|e| e.jwks_path.clone()) else {
-        s.keys.fetch_not_started(now);
+        s.keys.fetch_not_started(now, triggered);
         return Err("JWKS path not known yet".into());
     };
     let request = callout::get_request(authority, &path, ACCEPT_JWKS);
@@ -366,7 +372,7 @@ fn start_jwks_fetch(s: &mut Shared, now: i64, triggered: bool) -> Result<u32, St
             Ok(token)
         }
         Err(e) => {
-            s.keys.fetch_not_started(now);
+            s.keys.fetch_not_started(now, triggered);
             Err(e)
         }
     }
@@ -487,6 +493,9 @@ impl Context for Gate {
         };
         let config = shared.borrow().config.clone();
         let Ok(now) = host::now_unix() else {
+            if let Phase::RefetchingKeys(_) = self.phase {
+                shared.borrow_mut().keys.fetch_abandoned();
+            }
             self.phase = Phase::Done;
             let deny = || Decision::Deny(Denial::Unavailable("cannot read the clock".into()));
             conclude(&shared, self.id, &config, deny(), true);
@@ -682,12 +691,12 @@ impl HttpContext for Gate {
         }
 
         // 5. Ask the authorization server; the request waits for its answer.
-        let Some(path) = shared
+        let path = shared
             .borrow()
             .endpoints
             .as_ref()
-            .map(|e| e.introspection_path.clone())
-        else {
+            .map(|e| e.introspection_path.clone());
+        let Some(path) = path else {
             return self.deny(
                 &config,
                 &Denial::Unavailable("discovery document not loaded yet".into()),
@@ -801,10 +810,24 @@ impl Gate {
         config: &Config,
         decision: impl Fn() -> Decision,
     ) {
-        for waiter in self.take_flight(shared) {
-            if host::set_effective_context(waiter).is_ok() {
-                conclude(shared, waiter, config, decision(), true);
+        let waiters = self.take_flight(shared);
+        if waiters.is_empty() {
+            return;
+        }
+        for waiter in waiters {
+            match host::set_effective_context(waiter) {
+                Ok(()) => {
+                    conclude(shared, waiter, config, decision(), true);
+                }
+                Err(status) => warn!("[{waiter}] cannot reach a waiting request: {status:?}"),
             }
+        }
+        // Later host calls must act on this request again, not on the last waiter.
+        if let Err(status) = host::set_effective_context(self.id) {
+            warn!(
+                "[{}] cannot switch back to this request: {status:?}",
+                self.id
+            );
         }
     }
 

@@ -362,7 +362,10 @@ impl Config {
                 return Err(ConfigError::new("claim_headers", "a claim name is empty"));
             }
             let header = header_name(&header, &field)?;
-            if identity_headers.contains(&header) {
+            if identity_headers
+                .iter()
+                .any(|h: &String| same_header(h.as_bytes(), header.as_bytes()))
+            {
                 return Err(ConfigError::new(
                     field,
                     format!("header `{header}` is already set by another claim"),
@@ -460,6 +463,22 @@ impl Config {
                             ))
                         }
                         (Some(inline), None) => {
+                            for (field, set) in [
+                                ("jwks_cluster", raw.jwks_cluster.is_some()),
+                                ("jwks_authority", raw.jwks_authority.is_some()),
+                                ("jwks_refresh_secs", raw.jwks_refresh_secs.is_some()),
+                                (
+                                    "jwks_refetch_interval_secs",
+                                    raw.jwks_refetch_interval_secs.is_some(),
+                                ),
+                            ] {
+                                if set {
+                                    return Err(ConfigError::new(
+                                        field,
+                                        "only applies when the JWKS is fetched (`jwks_path` or `discovery_path`), not with an inline `jwks`",
+                                    ));
+                                }
+                            }
                             let set = KeySet::from_jwks(inline.to_string().as_bytes())
                                 .map_err(|e| ConfigError::new("jwks", e))?;
                             let usable = match alg {
@@ -512,6 +531,11 @@ impl Config {
                         ("jwks_path", raw.jwks_path.is_some()),
                         ("jwks_cluster", raw.jwks_cluster.is_some()),
                         ("jwks_authority", raw.jwks_authority.is_some()),
+                        ("jwks_refresh_secs", raw.jwks_refresh_secs.is_some()),
+                        (
+                            "jwks_refetch_interval_secs",
+                            raw.jwks_refetch_interval_secs.is_some(),
+                        ),
                     ] {
                         if set {
                             return Err(ConfigError::new(
@@ -632,18 +656,22 @@ impl Config {
     /// read as one: case-insensitive, with `_` and `-` equivalent (CGI-style stacks map both to
     /// `HTTP_X_USER_SUB`).
     pub fn is_identity_header(&self, name: &[u8]) -> bool {
-        self.identity_headers.iter().any(|h| {
-            h.len() == name.len()
-                && h.bytes().zip(name.iter()).all(|(a, &b)| {
-                    let b = if b == b'_' {
-                        b'-'
-                    } else {
-                        b.to_ascii_lowercase()
-                    };
-                    a == b
-                })
-        })
+        self.identity_headers
+            .iter()
+            .any(|h| same_header(h.as_bytes(), name))
     }
+}
+
+/// Two header names an upstream may read as one: equal ignoring case, with `_` and `-` alike.
+fn same_header(a: &[u8], b: &[u8]) -> bool {
+    let normal = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| normal(x) == normal(y))
 }
 
 fn check_path(path: &str, field: &str) -> Result<(), ConfigError> {
@@ -717,7 +745,8 @@ fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
             "must be a valid HTTP header name (RFC 9110 token)",
         ));
     }
-    if FORBIDDEN_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-envoy-") {
+    let normal = lower.replace('_', "-");
+    if FORBIDDEN_HEADERS.contains(&normal.as_str()) || normal.starts_with("x-envoy-") {
         return Err(ConfigError::new(
             field,
             format!("`{lower}` cannot be used as an identity header"),
@@ -1034,6 +1063,19 @@ mod tests {
                 .field,
             "cache"
         );
+    }
+
+    #[test]
+    fn configured_names_with_underscores_are_matched_too() {
+        let c = with("user_header", "x_user_sub".into()).unwrap();
+        for name in [&b"x_user_sub"[..], b"x-user-sub", b"X-USER_SUB"] {
+            assert!(c.is_identity_header(name));
+        }
+        // Two names an upstream would read as one are one name.
+        let err = with("claim_headers", serde_json::json!({"scope": "X-User_Sub"})).unwrap_err();
+        assert_eq!(err.field, "claim_headers.scope");
+        let err = with("user_header", "proxy_authorization".into()).unwrap_err();
+        assert_eq!(err.field, "user_header");
     }
 
     #[test]

@@ -64,9 +64,12 @@ impl KeyState {
     }
 
     /// Records a fetch that could not even be sent (path unknown, dispatch refused): the timer
-    /// waits its retry delay before trying again.
-    pub fn fetch_not_started(&mut self, now: i64) {
+    /// waits its retry delay, and an unknown kid its interval, before trying again.
+    pub fn fetch_not_started(&mut self, now: i64, triggered: bool) {
         self.last_attempt = Some(now);
+        if triggered {
+            self.last_triggered = Some(now);
+        }
     }
 
     /// The request that started a fetch went away before the answer (which will not be
@@ -143,8 +146,9 @@ mod tests {
     #[test]
     fn unsent_and_abandoned_fetches() {
         let mut s = KeyState::default();
-        s.fetch_not_started(0);
+        s.fetch_not_started(0, true);
         assert!(!s.timer_fetch_due(4, 600, 5), "waits the retry delay");
+        assert!(!s.kid_refetch_allowed(4, 30), "and the kid interval");
         assert!(s.timer_fetch_due(5, 600, 5));
         s.fetch_started(10, true);
         assert!(!s.timer_fetch_due(11, 600, 5));
