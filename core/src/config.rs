@@ -123,6 +123,46 @@ struct RawCache {
     inactive_ttl_secs: Option<u32>,
 }
 
+impl RawConfig {
+    /// Where JWKS keys would come from.
+    fn key_settings(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("jwks", self.jwks.is_some()),
+            ("jwks_path", self.jwks_path.is_some()),
+        ]
+    }
+
+    /// Settings that only matter when the JWKS is fetched.
+    fn fetch_settings(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("jwks_cluster", self.jwks_cluster.is_some()),
+            ("jwks_authority", self.jwks_authority.is_some()),
+            ("jwks_refresh_secs", self.jwks_refresh_secs.is_some()),
+            (
+                "jwks_refetch_interval_secs",
+                self.jwks_refetch_interval_secs.is_some(),
+            ),
+        ]
+    }
+
+    /// Settings of signed answers' `iat` checks.
+    fn iat_settings(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("iat_leeway_secs", self.iat_leeway_secs.is_some()),
+            ("iat_max_age_secs", self.iat_max_age_secs.is_some()),
+        ]
+    }
+}
+
+/// Refuses the first of `fields` that is set: a setting that would do nothing is a mistake
+/// worth reporting, like an unknown field.
+fn refuse_any(fields: &[(&'static str, bool)], reason: &str) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(ConfigError::new(*field, reason)),
+        None => Ok(()),
+    }
+}
+
 const DEFAULT_JWKS_REFRESH_SECS: u64 = 600;
 const DEFAULT_JWKS_REFETCH_INTERVAL_SECS: u64 = 30;
 const DEFAULT_IAT_LEEWAY_SECS: u64 = 30;
@@ -267,6 +307,10 @@ impl Config {
         raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        // Which optional settings are present, read before fields are moved out.
+        let key_fields = raw.key_settings();
+        let fetch_fields = raw.fetch_settings();
+        let iat_fields = raw.iat_settings();
         let cluster = required(raw.cluster, "cluster")?;
         let authority = required(raw.authority, "authority")?;
         if !authority.bytes().all(is_authority_byte) {
@@ -414,26 +458,10 @@ impl Config {
         };
         let signed = match raw.signed_response_alg.as_deref() {
             None | Some("none") => {
-                for (field, set) in [
-                    ("jwks", raw.jwks.is_some()),
-                    ("jwks_path", raw.jwks_path.is_some()),
-                    ("jwks_cluster", raw.jwks_cluster.is_some()),
-                    ("jwks_authority", raw.jwks_authority.is_some()),
-                    ("jwks_refresh_secs", raw.jwks_refresh_secs.is_some()),
-                    (
-                        "jwks_refetch_interval_secs",
-                        raw.jwks_refetch_interval_secs.is_some(),
-                    ),
-                    ("iat_leeway_secs", raw.iat_leeway_secs.is_some()),
-                    ("iat_max_age_secs", raw.iat_max_age_secs.is_some()),
-                ] {
-                    if set {
-                        return Err(ConfigError::new(
-                            field,
-                            "only applies with `signed_response_alg` RS256, ES256 or HS256",
-                        ));
-                    }
-                }
+                refuse_any(
+                    &[&key_fields[..], &fetch_fields, &iat_fields].concat(),
+                    "only applies with `signed_response_alg` RS256, ES256 or HS256",
+                )?;
                 None
             }
             Some(name) => {
@@ -463,22 +491,10 @@ impl Config {
                             ))
                         }
                         (Some(inline), None) => {
-                            for (field, set) in [
-                                ("jwks_cluster", raw.jwks_cluster.is_some()),
-                                ("jwks_authority", raw.jwks_authority.is_some()),
-                                ("jwks_refresh_secs", raw.jwks_refresh_secs.is_some()),
-                                (
-                                    "jwks_refetch_interval_secs",
-                                    raw.jwks_refetch_interval_secs.is_some(),
-                                ),
-                            ] {
-                                if set {
-                                    return Err(ConfigError::new(
-                                        field,
-                                        "only applies when the JWKS is fetched (`jwks_path` or `discovery_path`), not with an inline `jwks`",
-                                    ));
-                                }
-                            }
+                            refuse_any(
+                                &fetch_fields,
+                                "only applies when the JWKS is fetched (`jwks_path` or `discovery_path`), not with an inline `jwks`",
+                            )?;
                             let set = KeySet::from_jwks(inline.to_string().as_bytes())
                                 .map_err(|e| ConfigError::new("jwks", e))?;
                             let usable = match alg {
@@ -526,24 +542,10 @@ impl Config {
                         }
                     }
                 } else {
-                    for (field, set) in [
-                        ("jwks", raw.jwks.is_some()),
-                        ("jwks_path", raw.jwks_path.is_some()),
-                        ("jwks_cluster", raw.jwks_cluster.is_some()),
-                        ("jwks_authority", raw.jwks_authority.is_some()),
-                        ("jwks_refresh_secs", raw.jwks_refresh_secs.is_some()),
-                        (
-                            "jwks_refetch_interval_secs",
-                            raw.jwks_refetch_interval_secs.is_some(),
-                        ),
-                    ] {
-                        if set {
-                            return Err(ConfigError::new(
-                                field,
-                                "HS256 uses the client secret as its key: no JWKS",
-                            ));
-                        }
-                    }
+                    refuse_any(
+                        &[&key_fields[..], &fetch_fields].concat(),
+                        "HS256 uses the client secret as its key: no JWKS",
+                    )?;
                     KeySource::ClientSecret
                 };
                 let refresh_secs = raw.jwks_refresh_secs.unwrap_or(DEFAULT_JWKS_REFRESH_SECS);
