@@ -101,6 +101,26 @@ fn forged_identity_headers_never_reach_the_sr() {
 }
 
 #[test]
+fn health_checks_pass_without_a_token_on_their_exact_path_only() {
+    let stack = Stack::start("healthz");
+    let r = stack.get("/healthz", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "ok");
+    // Only that exact path: anything else still needs a token.
+    assert_denied(
+        &stack.get("/healthz/x", &[]),
+        401,
+        Some("Bearer realm=\"api\""),
+    );
+    assert_denied(
+        &stack.get("/api/users/me?p=/healthz", &[]),
+        401,
+        Some("Bearer realm=\"api\""),
+    );
+    assert_eq!(stack.auth.admin_get_stats()["introspections"], 0);
+}
+
+#[test]
 fn no_credentials_gets_a_bare_challenge() {
     let stack = Stack::start("missing");
     let r = stack.get("/api/users/locations", &[]);
