@@ -158,7 +158,7 @@ fn concurrent_requests_with_one_new_token_share_one_callout() {
         json!({ "max_entries": 0 }),
         json!({}),
     ));
-    let token = stack.mint(json!({ "sub": SUB, "delay_ms": 400 }));
+    let token = stack.mint(json!({ "sub": SUB, "delay_ms": 1500 }));
     let handles: Vec<_> = (0..50)
         .map(|_| {
             let stack = Arc::clone(&stack);
