@@ -941,10 +941,7 @@ fn deny(id: u32, config: &Config, denial: &Denial) -> Action {
 /// A live cache entry for this token, if any.
 fn cache_lookup(keys: &CacheKeys, key: &CacheKey, now: i64) -> Option<(i64, Claims)> {
     match host::shared_data(&key.slot_key) {
-        Ok(Some((bytes, _))) => {
-            let claims = keys.decode(&bytes, &key.fingerprint, now)?;
-            Some((cache::entry_expiry(&bytes)?, claims))
-        }
+        Ok(Some((bytes, _))) => keys.decode(&bytes, &key.fingerprint, now),
         Ok(None) => None,
         Err(status) => {
             warn!("cache read failed: {status:?}");

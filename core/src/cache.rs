@@ -171,8 +171,23 @@ impl CacheKeys {
         out
     }
 
-    /// The claims of a slot's entry, if it is this fingerprint's, authentic and valid at `now`.
-    pub fn decode(&self, bytes: &[u8], fingerprint: &[u8; 32], now: i64) -> Option<Claims> {
+    /// The expiry and claims of a slot's entry, if it is this fingerprint's, authentic and
+    /// valid at `now`.
+    pub fn decode(&self, bytes: &[u8], fingerprint: &[u8; 32], now: i64) -> Option<(i64, Claims)> {
+        let (expires_at, json) = self.open(bytes, fingerprint, now)?;
+        match serde_json::from_slice(json).ok()? {
+            Value::Object(map) => Some((expires_at, map)),
+            _ => None,
+        }
+    }
+
+    /// Checks an entry's version, fingerprint, expiry and MAC; returns its expiry and JSON.
+    fn open<'b>(
+        &self,
+        bytes: &'b [u8],
+        fingerprint: &[u8; 32],
+        now: i64,
+    ) -> Option<(i64, &'b [u8])> {
         let (version, rest) = bytes.split_first()?;
         if *version != VERSION {
             return None;
@@ -188,10 +203,7 @@ impl CacheKeys {
         }
         let (tag, json) = rest.split_at_checked(32)?;
         self.tag(stored, expiry, json).verify_slice(tag).ok()?;
-        match serde_json::from_slice(json).ok()? {
-            Value::Object(map) => Some(map),
-            _ => None,
-        }
+        Some((expires_at, json))
     }
 
     /// Whether a new entry (this fingerprint, valid until `expires_at`) should replace what the
@@ -205,8 +217,9 @@ impl CacheKeys {
         expires_at: i64,
         now: i64,
     ) -> bool {
-        let same_and_longer = self.decode(existing, fingerprint, now).is_some()
-            && entry_expiry(existing).is_some_and(|e| e >= expires_at);
+        let same_and_longer = self
+            .open(existing, fingerprint, now)
+            .is_some_and(|(e, _)| e >= expires_at);
         !same_and_longer
     }
 }
@@ -242,12 +255,6 @@ pub fn scope_of(config: &Config) -> Vec<u8> {
 
 const VERSION: u8 = 2;
 const HEADER: usize = 1 + 32 + 8 + 32;
-
-/// The expiry written in a slot's entry, whatever its fingerprint.
-pub fn entry_expiry(bytes: &[u8]) -> Option<i64> {
-    let expiry = bytes.get(33..41)?;
-    Some(i64::from_le_bytes(expiry.try_into().ok()?))
-}
 
 /// A small per-VM front of the shared cache: verified claims kept in the worker's own memory,
 /// so a hit needs no shared-data copy, MAC check or JSON parse. Entries keep the expiry of the
@@ -423,7 +430,7 @@ mod tests {
         let fp = [7u8; 32];
         let c = claims(json!({"active": true, "sub": "u"}));
         let e = keys.encode(&fp, NOW + 5, &c);
-        assert_eq!(keys.decode(&e, &fp, NOW), Some(c.clone()));
+        assert_eq!(keys.decode(&e, &fp, NOW), Some((NOW + 5, c.clone())));
         assert_eq!(
             keys.decode(&e, &fp, NOW + 5),
             None,
@@ -434,7 +441,6 @@ mod tests {
             None,
             "another token's entry"
         );
-        assert_eq!(entry_expiry(&e), Some(NOW + 5));
         for cut in 0..e.len() {
             assert_eq!(keys.decode(&e[..cut], &fp, NOW), None);
         }
