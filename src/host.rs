@@ -1,14 +1,22 @@
-//! The few proxy-wasm host calls the filter uses, wrapped so that no host answer can panic.
+//! The proxy-wasm host calls the filter uses, wrapped so that no host answer can panic, and
+//! [`Envoy`], the production implementation of the core's host port.
 //!
 //! The SDK's `hostcalls::*` panic on any status they do not expect (for instance reading the
 //! headers of a callout that failed returns `BadArgument` in Envoy, and the SDK panics), and its
 //! map decoder panics on a non-UTF-8 header name. A panic kills the VM: every later request on
 //! that worker fails. These wrappers return the status instead. Only `dispatch_http_call` (the
-//! SDK must register the callout to route its answer back) and `set_tick_period` (called once,
-//! at configuration) go through the SDK.
+//! SDK must register the callout to route its answer back) goes through the SDK.
 
+use std::collections::HashMap;
+use std::ptr::null_mut;
+use std::time::Duration;
+
+use introspection_core::callout::Callout;
+use introspection_core::host::{Counter, Histogram, Host};
+use introspection_core::reply::LocalReply;
+use introspection_core::HostError;
+use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status, StreamType};
-use std::ptr::{null, null_mut};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -141,19 +149,17 @@ pub fn remove_request_header(name: &str) -> Result<(), Status> {
     }
 }
 
-/// Answers the request locally.
-pub fn send_local_response(
-    status: u32,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(), Status> {
-    let map = introspection_core::headers::encode_pairs(headers);
-    // SAFETY: pointers to live buffers, lengths match; details are empty.
+/// Answers the request locally; `details` shows in Envoy's `%RESPONSE_CODE_DETAILS%`.
+pub fn send_local_response(reply: &LocalReply) -> Result<(), Status> {
+    let map = introspection_core::headers::encode_pairs(&reply.headers);
+    let details = reply.details.as_bytes();
+    let body = reply.body.as_bytes();
+    // SAFETY: pointers to live buffers, lengths match.
     unsafe {
         ok(proxy_send_local_response(
-            status,
-            null(),
-            0,
+            reply.status,
+            details.as_ptr(),
+            details.len(),
             body.as_ptr(),
             body.len(),
             map.as_ptr(),
@@ -196,6 +202,7 @@ extern "C" {
     fn proxy_set_effective_context(context_id: u32) -> Status;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
     fn proxy_get_log_level(return_level: *mut u32) -> Status;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
 }
 
 /// The host's wall clock, in unix seconds.
@@ -286,4 +293,111 @@ pub fn record_metric(id: u32, value: u64) {
 pub fn set_effective_context(id: u32) -> Result<(), Status> {
     // SAFETY: no pointers.
     unsafe { ok(proxy_set_effective_context(id)) }
+}
+
+/// The host port of the core, on Envoy.
+#[derive(Default)]
+pub struct Envoy {
+    /// Metric ids, defined on first use.
+    counters: HashMap<Counter, u32>,
+    histograms: HashMap<Histogram, u32>,
+}
+
+fn host_error(status: Status) -> HostError {
+    match status {
+        Status::CasMismatch => HostError::CasMismatch,
+        other => HostError::Status(other as u32),
+    }
+}
+
+impl Envoy {
+    fn counter(&mut self, counter: Counter) -> Option<u32> {
+        if let Some(id) = self.counters.get(&counter) {
+            return Some(*id);
+        }
+        let id = define_metric(MetricType::Counter, &counter.name())?;
+        self.counters.insert(counter, id);
+        Some(id)
+    }
+
+    fn histogram(&mut self, histogram: Histogram) -> Option<u32> {
+        if let Some(id) = self.histograms.get(&histogram) {
+            return Some(*id);
+        }
+        let id = define_metric(MetricType::Histogram, histogram.name())?;
+        self.histograms.insert(histogram, id);
+        Some(id)
+    }
+
+    /// Defines every metric, so Envoy shows zeros rather than nothing.
+    pub fn define_all(&mut self) {
+        for counter in Counter::all() {
+            self.counter(counter);
+        }
+        self.histogram(Histogram::CalloutLatencyMs);
+    }
+}
+
+impl Host for Envoy {
+    fn now_unix(&self) -> Result<i64, HostError> {
+        now_unix().map_err(host_error)
+    }
+
+    fn now_nanos(&self) -> Option<u64> {
+        now_nanos()
+    }
+
+    fn request_headers(&self) -> Result<Vec<u8>, HostError> {
+        header_pairs(MapType::HttpRequestHeaders).map_err(host_error)
+    }
+
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        request: &Callout,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        let body = (!request.body.is_empty()).then_some(request.body.as_slice());
+        hostcalls::dispatch_http_call(cluster, headers, body, Vec::new(), timeout)
+            .map_err(host_error)
+    }
+
+    fn callout_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        header(MapType::HttpCallResponseHeaders, name).map_err(host_error)
+    }
+
+    fn callout_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        buffer(BufferType::HttpCallResponseBody, size).map_err(host_error)
+    }
+
+    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        shared_data(key).map_err(host_error)
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+        set_shared_data(key, value, cas).map_err(host_error)
+    }
+
+    fn count(&mut self, counter: Counter) {
+        if let Some(id) = self.counter(counter) {
+            increment_metric(id, 1);
+        }
+    }
+
+    fn record(&mut self, histogram: Histogram, value: u64) {
+        if let Some(id) = self.histogram(histogram) {
+            record_metric(id, value);
+        }
+    }
+
+    fn set_tick_period(&mut self, period: Duration) -> Result<(), HostError> {
+        let millis = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+        // SAFETY: no pointers.
+        unsafe { ok(proxy_set_tick_period_milliseconds(millis)) }.map_err(host_error)
+    }
 }

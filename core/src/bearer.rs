@@ -6,7 +6,7 @@ pub enum Credentials<'a> {
     /// No `Authorization` header at all.
     Missing,
     /// Something is there but it is not exactly one well-formed bearer token.
-    Malformed(&'static str),
+    Malformed(Malformed),
     /// One syntactically valid bearer token.
     Bearer(&'a str),
 }
@@ -15,8 +15,45 @@ impl std::fmt::Debug for Credentials<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::Missing => f.write_str("Missing"),
-            Credentials::Malformed(r) => write!(f, "Malformed({r:?})"),
+            Credentials::Malformed(r) => write!(f, "Malformed({})", r.code()),
             Credentials::Bearer(_) => f.write_str("Bearer([redacted])"),
+        }
+    }
+}
+
+/// Why an `Authorization` header is not one well-formed bearer token (400 `invalid_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    Several,
+    Empty,
+    NoToken,
+    Scheme,
+    TooLong,
+    Syntax,
+}
+
+impl Malformed {
+    /// Stable short code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Malformed::Several => "several_headers",
+            Malformed::Empty => "empty_header",
+            Malformed::NoToken => "no_token",
+            Malformed::Scheme => "not_bearer",
+            Malformed::TooLong => "too_long",
+            Malformed::Syntax => "not_b64token",
+        }
+    }
+
+    /// A fixed sentence (it goes in the `error_description` of the challenge).
+    pub fn description(self) -> &'static str {
+        match self {
+            Malformed::Several => "several Authorization headers",
+            Malformed::Empty => "empty Authorization header",
+            Malformed::NoToken => "Bearer scheme without a token",
+            Malformed::Scheme => "Authorization scheme is not Bearer",
+            Malformed::TooLong => "bearer token too long",
+            Malformed::Syntax => "bearer token is not a b64token",
         }
     }
 }
@@ -28,37 +65,37 @@ pub fn extract<'a>(values: &[&'a [u8]], max_token_length: usize) -> Credentials<
     let value = match values {
         [] => return Credentials::Missing,
         [one] => *one,
-        _ => return Credentials::Malformed("several Authorization headers"),
+        _ => return Credentials::Malformed(Malformed::Several),
     };
     let Some(space) = value.iter().position(|&b| b == b' ') else {
         return if value.is_empty() {
-            Credentials::Malformed("empty Authorization header")
+            Credentials::Malformed(Malformed::Empty)
         } else if value.eq_ignore_ascii_case(b"bearer") {
-            Credentials::Malformed("Bearer scheme without a token")
+            Credentials::Malformed(Malformed::NoToken)
         } else {
-            Credentials::Malformed("Authorization scheme is not Bearer")
+            Credentials::Malformed(Malformed::Scheme)
         };
     };
     let (scheme, rest) = value.split_at(space);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Credentials::Malformed("Authorization scheme is not Bearer");
+        return Credentials::Malformed(Malformed::Scheme);
     }
     // RFC 9110 §11.4: one or more spaces separate the scheme from the credentials.
     let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
     let token = rest.get(start..).unwrap_or_default();
     if token.is_empty() {
-        return Credentials::Malformed("Bearer scheme without a token");
+        return Credentials::Malformed(Malformed::NoToken);
     }
     if token.len() > max_token_length {
-        return Credentials::Malformed("bearer token too long");
+        return Credentials::Malformed(Malformed::TooLong);
     }
     if !is_b64token(token) {
-        return Credentials::Malformed("bearer token is not a b64token");
+        return Credentials::Malformed(Malformed::Syntax);
     }
     match std::str::from_utf8(token) {
         Ok(t) => Credentials::Bearer(t),
         // Unreachable: b64token bytes are ASCII. Still no panic.
-        Err(_) => Credentials::Malformed("bearer token is not a b64token"),
+        Err(_) => Credentials::Malformed(Malformed::Syntax),
     }
 }
 
@@ -132,7 +169,7 @@ mod tests {
     fn several_headers_are_malformed() {
         assert_eq!(
             extract(&[b"Bearer a", b"Bearer a"], 10),
-            Credentials::Malformed("several Authorization headers")
+            Credentials::Malformed(Malformed::Several)
         );
     }
 
@@ -141,7 +178,7 @@ mod tests {
         let long = format!("Bearer {}", "a".repeat(33));
         assert_eq!(
             extract(&[long.as_bytes()], 32),
-            Credentials::Malformed("bearer token too long")
+            Credentials::Malformed(Malformed::TooLong)
         );
         let ok = format!("Bearer {}", "a".repeat(32));
         assert!(matches!(

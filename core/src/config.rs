@@ -657,6 +657,19 @@ impl Config {
     /// Whether an incoming header name is one the filter sets, or a spelling an upstream might
     /// read as one: case-insensitive, with `_` and `-` equivalent (CGI-style stacks map both to
     /// `HTTP_X_USER_SUB`).
+    /// One line for the log at configuration: names and modes, never a secret.
+    pub fn summary(&self) -> String {
+        format!(
+            "cluster `{}`, authority `{}`, client `{}`, {} answers, user claim `{}` -> `{}`",
+            self.cluster,
+            self.authority,
+            self.client_id,
+            self.signed.as_ref().map_or("plain JSON", |s| s.alg.name()),
+            self.user_claim,
+            self.user_header
+        )
+    }
+
     pub fn is_identity_header(&self, name: &[u8]) -> bool {
         self.identity_headers
             .iter()

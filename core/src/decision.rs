@@ -2,7 +2,9 @@
 
 use serde_json::{Map, Value};
 
+use crate::bearer::Malformed;
 use crate::config::Config;
+use crate::fault::{Fault, Unusable};
 
 /// Claims of one introspection answer (the JSON object, or RFC 9701's `token_introspection`).
 pub type Claims = Map<String, Value>;
@@ -15,20 +17,45 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// Why a request is refused. Reasons are fixed strings or built from fixed parts: they may be
-/// logged and never contain a token, a secret or a response body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a token is not (or no longer) a valid access token (401 `invalid_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    Inactive,
+    Expired,
+    NotYetValid,
+    NotBearer,
+    NoTokenType,
+    NoUser,
+}
+
+impl Invalid {
+    /// Stable short code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Invalid::Inactive => "inactive",
+            Invalid::Expired => "expired",
+            Invalid::NotYetValid => "not_yet_valid",
+            Invalid::NotBearer => "not_bearer",
+            Invalid::NoTokenType => "no_token_type",
+            Invalid::NoUser => "no_user",
+        }
+    }
+}
+
+/// Why a request is refused. Every variant holds fixed values only: a denial may be logged,
+/// counted and shown in access logs, and never carries a token, a secret or an answer body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {
     /// No credentials at all → 401 without an error code.
     Missing,
     /// Bad `Authorization` syntax → 400 `invalid_request`.
-    Malformed(&'static str),
+    Malformed(Malformed),
     /// The token is not (or no longer) a valid access token → 401 `invalid_token`.
-    Invalid(&'static str),
+    Invalid(Invalid),
     /// Valid, but a required scope is missing → 403 `insufficient_scope`.
     InsufficientScope,
     /// No trustworthy answer from the authorization server → 503.
-    Unavailable(String),
+    Unavailable(Fault),
 }
 
 impl Decision {
@@ -39,10 +66,16 @@ impl Decision {
             Decision::Deny(d) => d.kind(),
         }
     }
+
+    /// Whether this decision may be remembered: an answer the policy could not use is a fault,
+    /// and faults are never cached.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, Decision::Deny(Denial::Unavailable(_)))
+    }
 }
 
 impl Denial {
-    /// A short, stable name for logs and metrics.
+    /// The counter family: `introspection.denied.<kind>`.
     pub fn kind(&self) -> &'static str {
         match self {
             Denial::Missing => "missing",
@@ -53,66 +86,85 @@ impl Denial {
         }
     }
 
-    /// The loggable reason.
-    pub fn reason(&self) -> &str {
+    /// The precise cause, a stable short code.
+    pub fn cause(&self) -> &'static str {
         match self {
-            Denial::Missing => "no Authorization header",
-            Denial::Malformed(r) | Denial::Invalid(r) => r,
-            Denial::InsufficientScope => "a required scope is missing",
-            Denial::Unavailable(r) => r,
+            Denial::Missing => "missing",
+            Denial::Malformed(m) => m.code(),
+            Denial::Invalid(i) => i.code(),
+            Denial::InsufficientScope => "insufficient_scope",
+            Denial::Unavailable(f) => f.code(),
         }
     }
+
+    /// The response code details of the local reply (`%RESPONSE_CODE_DETAILS%`): one token,
+    /// no spaces, e.g. `introspection_unavailable_timeout`.
+    pub fn details(&self) -> String {
+        match self {
+            Denial::Missing | Denial::InsufficientScope => {
+                format!("introspection_{}", self.cause())
+            }
+            Denial::Malformed(_) => format!("introspection_malformed_{}", self.cause()),
+            Denial::Invalid(_) => format!("introspection_invalid_token_{}", self.cause()),
+            Denial::Unavailable(_) => format!("introspection_unavailable_{}", self.cause()),
+        }
+    }
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denial::Missing => f.write_str("no Authorization header"),
+            Denial::Malformed(m) => f.write_str(m.description()),
+            Denial::Invalid(i) => write!(f, "invalid token ({})", i.code()),
+            Denial::InsufficientScope => f.write_str("a required scope is missing"),
+            Denial::Unavailable(fault) => fault.fmt(f),
+        }
+    }
+}
+
+const fn deny(denial: Denial) -> Decision {
+    Decision::Deny(denial)
+}
+
+const fn unusable(what: Unusable) -> Decision {
+    Decision::Deny(Denial::Unavailable(Fault::Unusable(what)))
 }
 
 /// Applies the policy to the claims of an answer, at unix time `now`.
 pub fn evaluate(config: &Config, claims: &Claims, now: i64) -> Decision {
     match claims.get("active") {
         Some(Value::Bool(true)) => {}
-        Some(Value::Bool(false)) => return Decision::Deny(Denial::Invalid("token is not active")),
-        _ => {
-            return Decision::Deny(Denial::Unavailable(
-                "answer has no boolean `active` member".into(),
-            ))
-        }
+        Some(Value::Bool(false)) => return deny(Denial::Invalid(Invalid::Inactive)),
+        _ => return unusable(Unusable::Active),
     }
 
     match claims.get(&config.expiry_claim) {
         None => {}
         Some(v) => match unix_seconds(v) {
             Some(exp) if exp > now => {}
-            Some(_) => return Decision::Deny(Denial::Invalid("token has expired")),
-            None => {
-                return Decision::Deny(Denial::Unavailable(format!(
-                    "expiry claim `{}` is not a number",
-                    config.expiry_claim
-                )))
-            }
+            Some(_) => return deny(Denial::Invalid(Invalid::Expired)),
+            None => return unusable(Unusable::Expiry),
         },
     }
     if let Some(nbf) = claims.get("nbf") {
         match unix_seconds(nbf) {
             Some(nbf) if nbf <= now => {}
-            Some(_) => return Decision::Deny(Denial::Invalid("token is not valid yet (nbf)")),
-            None => {
-                return Decision::Deny(Denial::Unavailable("`nbf` is not a number".into()));
-            }
+            Some(_) => return deny(Denial::Invalid(Invalid::NotYetValid)),
+            None => return unusable(Unusable::NotBefore),
         }
     }
 
     match claims.get("token_type") {
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
-        Some(_) => return Decision::Deny(Denial::Invalid("token_type is not Bearer")),
+        Some(_) => return deny(Denial::Invalid(Invalid::NotBearer)),
         None if config.allow_missing_token_type => {}
-        None => {
-            return Decision::Deny(Denial::Invalid(
-                "answer has no token_type (a refresh token?)",
-            ))
-        }
+        None => return deny(Denial::Invalid(Invalid::NoTokenType)),
     }
 
     let user = match claims.get(&config.user_claim) {
         Some(Value::String(s)) if !s.is_empty() => s,
-        _ => return Decision::Deny(Denial::Invalid("answer does not name a user")),
+        _ => return deny(Denial::Invalid(Invalid::NoUser)),
     };
 
     if !config.required_scopes.is_empty() {
@@ -125,19 +177,14 @@ pub fn evaluate(config: &Config, claims: &Claims, now: i64) -> Decision {
             .iter()
             .all(|needed| granted.split(' ').any(|g| g == needed));
         if !has_all {
-            return Decision::Deny(Denial::InsufficientScope);
+            return deny(Denial::InsufficientScope);
         }
     }
 
     let mut headers = Vec::with_capacity(1 + config.claim_headers.len());
-    match header_value(user) {
+    match identity_value(user) {
         Some(v) => headers.push((config.user_header.clone(), v)),
-        None => {
-            return Decision::Deny(Denial::Unavailable(format!(
-                "claim `{}` holds characters that cannot go in a header",
-                config.user_claim
-            )))
-        }
+        None => return unusable(Unusable::Claim),
     }
     for (claim, header) in &config.claim_headers {
         let Some(value) = claims.get(claim) else {
@@ -153,40 +200,41 @@ pub fn evaluate(config: &Config, claims: &Claims, now: i64) -> Decision {
                 for item in items {
                     match item {
                         Value::String(s) => parts.push(s.as_str()),
-                        _ => {
-                            return Decision::Deny(Denial::Unavailable(format!(
-                                "claim `{claim}` is not a string array"
-                            )))
-                        }
+                        _ => return unusable(Unusable::Claim),
                     }
                 }
                 parts.join(" ")
             }
             Value::Null => continue,
-            Value::Object(_) => {
-                return Decision::Deny(Denial::Unavailable(format!(
-                    "claim `{claim}` is an object and cannot go in a header"
-                )))
-            }
+            Value::Object(_) => return unusable(Unusable::Claim),
         };
         match header_value(&text) {
             Some(v) => headers.push((header.clone(), v)),
-            None => {
-                return Decision::Deny(Denial::Unavailable(format!(
-                    "claim `{claim}` holds characters that cannot go in a header"
-                )))
-            }
+            None => return unusable(Unusable::Claim),
         }
     }
     Decision::Allow(headers)
 }
 
-/// A header value: no control characters (CR, LF, NUL... could split or truncate headers).
+/// A header value every HTTP parser reads as exactly these characters: no control characters
+/// (CR, LF, NUL... could split or truncate headers) and no leading or trailing white space
+/// (parsers strip it, so `" alice "` would reach the upstream as `alice`).
 fn header_value(s: &str) -> Option<String> {
-    if s.chars().any(char::is_control) {
+    let padded = s.starts_with([' ', '\t']) || s.ends_with([' ', '\t']);
+    if padded || s.chars().any(char::is_control) {
         None
     } else {
         Some(s.to_string())
+    }
+}
+
+/// The user's identity: a header value (above) of visible ASCII and inner spaces only, so no
+/// parser's character-set handling can turn it into another user.
+fn identity_value(s: &str) -> Option<String> {
+    if !s.is_empty() && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        header_value(s)
+    } else {
+        None
     }
 }
 

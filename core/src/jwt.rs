@@ -179,20 +179,69 @@ pub struct Expectations<'a> {
     pub max_age: i64,
 }
 
-/// Why a signed answer is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a signed answer is refused. Each has a stable short code (logs, metrics, details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyError {
     /// No key matches the token's `kid` (refetching the JWKS may help).
     UnknownKey,
-    /// Anything else; the string is fixed and safe to log.
-    Invalid(&'static str),
+    /// Not a compact JWS.
+    Format,
+    /// `alg` is not the configured algorithm.
+    Alg,
+    /// `typ` is not `token-introspection+jwt`.
+    Typ,
+    /// The configured algorithm has no key material of its kind.
+    NoKeyMaterial,
+    Signature,
+    /// The payload is not the JSON object expected.
+    Payload,
+    Issuer,
+    Audience,
+    NoIat,
+    IatInFuture,
+    IatTooOld,
+    /// `token_introspection` is not an object with a boolean `active`.
+    NotIntrospection,
 }
 
 impl VerifyError {
-    pub fn reason(&self) -> &'static str {
+    /// Stable short code.
+    pub fn code(self) -> &'static str {
+        match self {
+            VerifyError::UnknownKey => "jwt_unknown_kid",
+            VerifyError::Format => "jwt_format",
+            VerifyError::Alg => "jwt_alg",
+            VerifyError::Typ => "jwt_typ",
+            VerifyError::NoKeyMaterial => "jwt_no_key_material",
+            VerifyError::Signature => "jwt_signature",
+            VerifyError::Payload => "jwt_payload",
+            VerifyError::Issuer => "jwt_iss",
+            VerifyError::Audience => "jwt_aud",
+            VerifyError::NoIat => "jwt_iat_missing",
+            VerifyError::IatInFuture => "jwt_iat_future",
+            VerifyError::IatTooOld => "jwt_iat_old",
+            VerifyError::NotIntrospection => "jwt_not_introspection",
+        }
+    }
+
+    /// A fixed sentence, safe to log.
+    pub fn reason(self) -> &'static str {
         match self {
             VerifyError::UnknownKey => "no JWKS key matches the answer's kid",
-            VerifyError::Invalid(r) => r,
+            VerifyError::Format => "answer is not a compact JWS",
+            VerifyError::Alg => "JWS alg is not the configured algorithm",
+            VerifyError::Typ => "JWS typ is not token-introspection+jwt",
+            VerifyError::NoKeyMaterial => "no key material for the configured algorithm",
+            VerifyError::Signature => "JWS signature does not verify",
+            VerifyError::Payload => "JWS payload is malformed",
+            VerifyError::Issuer => "JWS iss is not the configured issuer",
+            VerifyError::Audience => "JWS aud does not contain our client_id",
+            VerifyError::NoIat => "JWS has no iat",
+            VerifyError::IatInFuture => "JWS iat is in the future",
+            VerifyError::IatTooOld => "JWS iat is too old",
+            VerifyError::NotIntrospection => {
+                "JWS token_introspection is not an object with a boolean active"
+            }
         }
     }
 }
@@ -216,16 +265,14 @@ pub fn verify(
     keys: Keys<'_>,
     expect: &Expectations<'_>,
 ) -> Result<Claims, VerifyError> {
-    use VerifyError::Invalid;
-    let text = std::str::from_utf8(jws).map_err(|_| Invalid("answer is not a compact JWS"))?;
-    let token =
-        UntrustedToken::new(text.trim()).map_err(|_| Invalid("answer is not a compact JWS"))?;
+    let text = std::str::from_utf8(jws).map_err(|_| VerifyError::Format)?;
+    let token = UntrustedToken::new(text.trim()).map_err(|_| VerifyError::Format)?;
     if token.algorithm() != expect.alg.name() {
-        return Err(Invalid("JWS alg is not the configured algorithm"));
+        return Err(VerifyError::Alg);
     }
     match token.header().token_type.as_deref() {
         Some(t) if is_introspection_typ(t) => {}
-        _ => return Err(Invalid("JWS typ is not token-introspection+jwt")),
+        _ => return Err(VerifyError::Typ),
     }
     let kid = token.header().key_id.as_deref();
     let checked = match (expect.alg, keys) {
@@ -241,24 +288,20 @@ pub fn verify(
             let key = Hs256Key::new(secret);
             Hs256.validator::<Payload>(&key).validate(&token)
         }
-        _ => return Err(Invalid("no key material for the configured algorithm")),
+        _ => return Err(VerifyError::NoKeyMaterial),
     };
     let claims: JwtClaims<Payload> = match checked {
         Ok(token) => token.into_parts().1,
         Err(ValidationError::InvalidSignature)
         | Err(ValidationError::InvalidSignatureLen { .. })
-        | Err(ValidationError::MalformedSignature(_)) => {
-            return Err(Invalid("JWS signature does not verify"))
-        }
-        Err(ValidationError::AlgorithmMismatch { .. }) => {
-            return Err(Invalid("JWS alg is not the configured algorithm"))
-        }
-        Err(_) => return Err(Invalid("JWS payload is malformed")),
+        | Err(ValidationError::MalformedSignature(_)) => return Err(VerifyError::Signature),
+        Err(ValidationError::AlgorithmMismatch { .. }) => return Err(VerifyError::Alg),
+        Err(_) => return Err(VerifyError::Payload),
     };
 
     match &claims.custom.iss {
         Some(Value::String(iss)) if iss == expect.issuer => {}
-        _ => return Err(Invalid("JWS iss is not the configured issuer")),
+        _ => return Err(VerifyError::Issuer),
     }
     let aud_ok = match &claims.custom.aud {
         Some(Value::String(aud)) => aud == expect.client_id,
@@ -266,22 +309,20 @@ pub fn verify(
         _ => false,
     };
     if !aud_ok {
-        return Err(Invalid("JWS aud does not contain our client_id"));
+        return Err(VerifyError::Audience);
     }
     let Some(iat) = claims.issued_at.map(|t| t.timestamp()) else {
-        return Err(Invalid("JWS has no iat"));
+        return Err(VerifyError::NoIat);
     };
     if iat > expect.now.saturating_add(expect.leeway) {
-        return Err(Invalid("JWS iat is in the future"));
+        return Err(VerifyError::IatInFuture);
     }
     if iat < expect.now.saturating_sub(expect.max_age) {
-        return Err(Invalid("JWS iat is too old"));
+        return Err(VerifyError::IatTooOld);
     }
     match claims.custom.token_introspection {
         Some(Value::Object(map)) if matches!(map.get("active"), Some(Value::Bool(_))) => Ok(map),
-        _ => Err(Invalid(
-            "JWS token_introspection is not an object with a boolean active",
-        )),
+        _ => Err(VerifyError::NotIntrospection),
     }
 }
 
@@ -442,12 +483,7 @@ mod tests {
                 payload(true),
                 Some(NOW),
             );
-            assert_eq!(
-                check(SigningAlg::ES256, &jws),
-                Err(VerifyError::Invalid(
-                    "JWS typ is not token-introspection+jwt"
-                ))
-            );
+            assert_eq!(check(SigningAlg::ES256, &jws), Err(VerifyError::Typ));
         }
     }
 
@@ -469,7 +505,7 @@ mod tests {
         let flipped = format!("{}.{}.{}", parts[0], parts[1], engine.encode(&sig));
         assert_eq!(
             check(SigningAlg::RS256, &flipped),
-            Err(VerifyError::Invalid("JWS signature does not verify"))
+            Err(VerifyError::Signature)
         );
         // Another payload under the same signature.
         let mut body = payload(true);
@@ -503,12 +539,7 @@ mod tests {
         let jws = Hs256
             .token(&header, &claims, &Hs256Key::new(public_pem))
             .unwrap();
-        assert_eq!(
-            check(SigningAlg::RS256, &jws),
-            Err(VerifyError::Invalid(
-                "JWS alg is not the configured algorithm"
-            ))
-        );
+        assert_eq!(check(SigningAlg::RS256, &jws), Err(VerifyError::Alg));
         // And an ES256 answer when RS256 is configured.
         let es = sign(
             SigningAlg::ES256,
@@ -527,7 +558,7 @@ mod tests {
         p["iss"] = json!("https://evil.example");
         assert_eq!(
             check(alg, &sign(alg, None, TYP, p, Some(NOW))),
-            Err(VerifyError::Invalid("JWS iss is not the configured issuer"))
+            Err(VerifyError::Issuer)
         );
         let mut p = payload(true);
         p["aud"] = json!("another-sr");
@@ -537,16 +568,16 @@ mod tests {
         assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_ok());
         assert_eq!(
             check(alg, &sign(alg, None, TYP, payload(true), None)),
-            Err(VerifyError::Invalid("JWS has no iat"))
+            Err(VerifyError::NoIat)
         );
         assert_eq!(
             check(alg, &sign(alg, None, TYP, payload(true), Some(NOW + 31))),
-            Err(VerifyError::Invalid("JWS iat is in the future"))
+            Err(VerifyError::IatInFuture)
         );
         assert!(check(alg, &sign(alg, None, TYP, payload(true), Some(NOW + 30))).is_ok());
         assert_eq!(
             check(alg, &sign(alg, None, TYP, payload(true), Some(NOW - 121))),
-            Err(VerifyError::Invalid("JWS iat is too old"))
+            Err(VerifyError::IatTooOld)
         );
         let mut p = payload(true);
         p["token_introspection"] = json!({"active": "yes"});

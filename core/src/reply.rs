@@ -9,6 +9,8 @@ pub struct LocalReply {
     pub status: u32,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Envoy's response code details (`%RESPONSE_CODE_DETAILS%`): the denial's code.
+    pub details: String,
 }
 
 /// The answer for a denial.
@@ -24,10 +26,11 @@ pub fn for_denial(config: &Config, denial: &Denial) -> LocalReply {
         Denial::Malformed(reason) => (
             400,
             Some(format!(
-                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{reason}\""
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{}\"",
+                reason.description()
             )),
             "invalid_request",
-            (*reason).to_string(),
+            reason.description().to_string(),
         ),
         Denial::Invalid(_) => (
             401,
@@ -67,12 +70,29 @@ pub fn for_denial(config: &Config, denial: &Denial) -> LocalReply {
         status,
         headers,
         body,
+        details: denial.details(),
+    }
+}
+
+/// The answer when the filter has no valid configuration: 503, like any other fault.
+pub fn unconfigured() -> LocalReply {
+    LocalReply {
+        status: 503,
+        headers: vec![
+            ("content-type", "application/json".to_string()),
+            ("cache-control", "no-store".to_string()),
+        ],
+        body: r#"{"error":"temporarily_unavailable","error_description":"the access token could not be verified, try again later"}"#.to_string(),
+        details: "introspection_unavailable_not_configured".to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bearer::Malformed;
+    use crate::decision::Invalid;
+    use crate::fault::Fault;
 
     fn config() -> Config {
         Config::from_json(
@@ -97,10 +117,10 @@ mod tests {
             (r.status, challenge(&r)),
             (401, Some("Bearer realm=\"locations\""))
         );
-        let r = for_denial(&c, &Denial::Malformed("several Authorization headers"));
+        let r = for_denial(&c, &Denial::Malformed(Malformed::Several));
         assert_eq!(r.status, 400);
         assert!(challenge(&r).unwrap().contains("error=\"invalid_request\""));
-        let r = for_denial(&c, &Denial::Invalid("token is not active"));
+        let r = for_denial(&c, &Denial::Invalid(Invalid::Inactive));
         assert_eq!(r.status, 401);
         assert!(challenge(&r).unwrap().contains("error=\"invalid_token\""));
         assert!(!r.body.contains("not active"));
@@ -109,9 +129,16 @@ mod tests {
         assert!(challenge(&r)
             .unwrap()
             .ends_with("error=\"insufficient_scope\", scope=\"openid locations\""));
-        let r = for_denial(&c, &Denial::Unavailable("status 500".into()));
+        let r = for_denial(
+            &c,
+            &Denial::Unavailable(Fault::Status {
+                status: 500,
+                error: None,
+            }),
+        );
         assert_eq!((r.status, challenge(&r)), (503, None));
         assert!(!r.body.contains("500"));
+        assert_eq!(r.details, "introspection_unavailable_status_5xx");
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["error"], "temporarily_unavailable");
     }

@@ -29,28 +29,80 @@ impl std::fmt::Debug for Answer<'_> {
     }
 }
 
-/// Why an answer cannot be used. Safe to log.
-pub type Fault = String;
+pub use crate::fault::Fault;
+use crate::fault::OAuthError;
+use crate::host::Host;
 
-/// Checks the status and returns the numeric value, or why it is not a usable 200.
+/// A callout answer, owned (kept while a signed answer waits for keys). `Debug` omits the body.
+#[derive(Clone, Default)]
+pub struct StoredAnswer {
+    pub status: Option<Vec<u8>>,
+    pub content_type: Option<Vec<u8>>,
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.view().fmt(f)
+    }
+}
+
+impl StoredAnswer {
+    pub fn view(&self) -> Answer<'_> {
+        Answer {
+            status: self.status.as_deref(),
+            content_type: self.content_type.as_deref(),
+            body: &self.body,
+        }
+    }
+}
+
+/// Reads the answer of the callout being delivered. A failed callout has no headers (reading
+/// them would be a host error), so `num_headers == 0` is checked first; an oversized body is
+/// not read at all.
+pub fn read_answer<H: Host>(
+    host: &H,
+    num_headers: usize,
+    body_size: usize,
+    max: usize,
+) -> Result<StoredAnswer, Fault> {
+    if num_headers == 0 {
+        return Err(Fault::CalloutFailed);
+    }
+    if body_size > max {
+        return Err(Fault::TooLarge);
+    }
+    let status = host.callout_header(":status").map_err(Fault::Host)?;
+    let content_type = host.callout_header("content-type").map_err(Fault::Host)?;
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        host.callout_body(body_size).map_err(Fault::Host)?
+    };
+    Ok(StoredAnswer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// Checks that the answer is a 200, or says why it is not a usable answer.
 pub fn check_status(answer: &Answer<'_>) -> Result<(), Fault> {
     let Some(status) = answer.status else {
-        return Err("callout failed (timeout, reset or no healthy upstream)".into());
+        return Err(Fault::CalloutFailed);
     };
     if status == b"200" {
         return Ok(());
     }
-    let shown = if status.len() == 3 && status.iter().all(u8::is_ascii_digit) {
-        String::from_utf8_lossy(status).into_owned()
-    } else {
-        "(invalid)".to_string()
-    };
-    match error_code(answer.body) {
-        Some(code) => Err(format!(
-            "authorization server answered status {shown}, error `{code}`"
-        )),
-        None => Err(format!("authorization server answered status {shown}")),
-    }
+    let status = std::str::from_utf8(status)
+        .ok()
+        .filter(|s| s.len() == 3)
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(0);
+    Err(Fault::Status {
+        status,
+        error: error_code(answer.body),
+    })
 }
 
 /// The media type of a `Content-Type` value, lowercase, without parameters.
@@ -67,7 +119,7 @@ pub fn parse_json_answer(answer: &Answer<'_>) -> Result<Claims, Fault> {
     match media_type(answer.content_type).as_deref() {
         Some("application/json") => {}
         Some(t) if t.ends_with("+json") => {}
-        _ => return Err("answer is not JSON (Content-Type)".into()),
+        _ => return Err(Fault::ContentType),
     }
     parse_claims(answer.body)
 }
@@ -76,22 +128,18 @@ pub fn parse_json_answer(answer: &Answer<'_>) -> Result<Claims, Fault> {
 pub fn parse_claims(body: &[u8]) -> Result<Claims, Fault> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err("answer is JSON but not an object".into()),
-        Err(_) => Err("answer body is not valid JSON".into()),
+        Ok(_) | Err(_) => Err(Fault::NotJson),
     }
 }
 
-/// The OAuth `error` code of an error body, if it looks like one (RFC 6749 §5.2 charset, short).
-fn error_code(body: &[u8]) -> Option<String> {
+/// The OAuth `error` code of an error body, if it has one: a registered code, or `Other`.
+fn error_code(body: &[u8]) -> Option<OAuthError> {
     if body.len() > 4096 {
         return None;
     }
     let v: Value = serde_json::from_slice(body).ok()?;
     let code = v.get("error")?.as_str()?;
-    let ok = !code.is_empty()
-        && code.len() <= 64
-        && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-    ok.then(|| code.to_string())
+    Some(OAuthError::parse(code))
 }
 
 #[cfg(test)]
@@ -127,6 +175,13 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e,
+            Fault::Status {
+                status: 401,
+                error: Some(OAuthError::InvalidClient)
+            }
+        );
+        assert_eq!(
+            e.to_string(),
             "authorization server answered status 401, error `invalid_client`"
         );
         // A code outside the charset is not echoed.
@@ -136,14 +191,21 @@ mod tests {
             r#"{"error":"tok-abc.def"}"#,
         ))
         .unwrap_err();
-        assert!(!e.contains("tok-abc"), "{e}");
+        assert_eq!(
+            e,
+            Fault::Status {
+                status: 400,
+                error: Some(OAuthError::Other)
+            }
+        );
+        assert!(!e.to_string().contains("tok-abc"), "{e}");
         let e = check_status(&Answer {
             status: None,
             content_type: None,
             body: b"",
         })
         .unwrap_err();
-        assert!(e.contains("callout failed"));
+        assert_eq!(e, Fault::CalloutFailed);
     }
 
     #[test]
@@ -155,7 +217,7 @@ mod tests {
             ("application/token-introspection+jwt", "eyJ.eyJ.sig"),
         ] {
             let e = parse_json_answer(&answer("200", ct, body)).unwrap_err();
-            assert!(!e.contains(body), "{e}");
+            assert!(matches!(e, Fault::ContentType | Fault::NotJson), "{e}");
         }
         let e = parse_json_answer(&Answer {
             status: Some(b"200"),
@@ -191,9 +253,7 @@ mod tests {
         assert!(verified_claims(&c, &endpoints(Some("https://evil/api/v2")), None, &a, 0).is_ok());
         assert_eq!(
             verified_claims(&c, &endpoints(Some("https://as/api/v2")), None, &a, 0),
-            Err(AnswerError::Fault(
-                "answer iss is not the configured issuer".into()
-            ))
+            Err(AnswerError::Fault(Fault::IssuerMismatch))
         );
     }
 
@@ -216,9 +276,10 @@ mod tests {
         );
         // Errors keep their status, even when a JWT was asked for.
         let err = answer("401", "application/json", r#"{"error":"invalid_client"}"#);
-        assert!(
-            matches!(verified_claims(&c, &e, None, &err, 0), Err(AnswerError::Fault(f)) if f.contains("401"))
-        );
+        assert!(matches!(
+            verified_claims(&c, &e, None, &err, 0),
+            Err(AnswerError::Fault(Fault::Status { status: 401, .. }))
+        ));
     }
 
     #[test]
@@ -249,25 +310,22 @@ pub fn verified_claims(
     answer: &Answer<'_>,
     now: i64,
 ) -> Result<Claims, AnswerError> {
-    let fault = |s: &str| AnswerError::Fault(s.to_string());
     let Some(signed) = &config.signed else {
         let claims = parse_json_answer(answer).map_err(AnswerError::Fault)?;
         // A plain answer that names its issuer must name ours.
         if let (Some(expected), Some(iss)) = (endpoints.issuer.as_deref(), claims.get("iss")) {
             if iss.as_str() != Some(expected) {
-                return Err(fault("answer iss is not the configured issuer"));
+                return Err(AnswerError::Fault(Fault::IssuerMismatch));
             }
         }
         return Ok(claims);
     };
     check_status(answer).map_err(AnswerError::Fault)?;
     if media_type(answer.content_type).as_deref() != Some(ACCEPT_JWT) {
-        return Err(fault(
-            "answer is not a signed introspection JWT (Content-Type)",
-        ));
+        return Err(AnswerError::Fault(Fault::ContentType));
     }
     let Some(issuer) = endpoints.issuer.as_deref() else {
-        return Err(fault("issuer unknown (discovery not done)"));
+        return Err(AnswerError::Fault(Fault::NotConfigured));
     };
     let keys = match &signed.keys {
         KeySource::ClientSecret => Keys::Secret(config.client_secret.expose().as_bytes()),
@@ -290,6 +348,6 @@ pub fn verified_claims(
         Err(VerifyError::UnknownKey) if matches!(signed.keys, KeySource::Remote { .. }) => {
             Err(AnswerError::UnknownKey)
         }
-        Err(e) => Err(fault(e.reason())),
+        Err(e) => Err(AnswerError::Fault(Fault::Jwt(e))),
     }
 }

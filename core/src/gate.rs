@@ -1,0 +1,897 @@
+//! The life of a VM and of its requests: configuration, ticks, one introspection in flight per
+//! token (single flight), cache read-through and writes, the fetches of the discovery document
+//! and the JWKS, and the verdict of each request.
+//!
+//! Everything the proxy does for the gate goes through a [`Host`] (the clock, callouts, shared
+//! data, metrics, the tick). What could re-enter the VM — resuming a request, answering it
+//! locally — is returned as data: a [`Step`] for the request being handled, [`Effects`] (a
+//! verdict per request id) for the requests a callout answer concludes. The adapter applies them
+//! after releasing its borrow of the gate.
+//!
+//! Who owns a callout matters to the host: a callout sent while handling a request belongs to
+//! that request, and the host cancels it when the request goes away. So:
+//! - the discovery and JWKS fetches are sent only by the VM (at configuration and on ticks);
+//!   a request that meets an unknown key asks for a fetch and waits, it never sends one;
+//! - an introspection is sent by the first request for a token; if that request goes away,
+//!   the VM sends it again on the next tick for the requests still waiting.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+
+use crate::bearer::{self, Credentials};
+use crate::cache::{self, CacheKey, CacheKeys, LocalCache};
+use crate::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
+use crate::config::{Config, KeySource};
+use crate::decision::{self, Claims, Decision, Denial};
+use crate::discovery::{self, Endpoints};
+use crate::fault::{Fault, HostError};
+use crate::headers::decode_pairs;
+use crate::host::{Counter, Histogram, Host};
+use crate::jwt::{KeySet, VerifyError};
+use crate::reply::{self, LocalReply};
+use crate::response::{self, AnswerError, StoredAnswer};
+use crate::schedule::FetchSchedule;
+
+/// The VM's regular tick when it fetches documents.
+pub const TICK: Duration = Duration::from_secs(1);
+/// The tick asked for when the VM has work to do at once (a fetch or a callout to send).
+pub const KICK: Duration = Duration::from_millis(1);
+/// Wait between two failed discovery or JWKS fetches, seconds.
+pub const RETRY_SECS: i64 = 5;
+/// Timeout of discovery and JWKS fetches.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Entries each VM keeps in its own memory in front of the shared cache.
+pub const LOCAL_CACHE_MAX: u32 = 4096;
+const ACCEPT_JWKS: &str = "application/jwk-set+json, application/json";
+
+/// What to do with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Remove these headers, set these, and let the request through.
+    Allow {
+        remove: Vec<String>,
+        set: Vec<(String, String)>,
+    },
+    /// Answer locally; the request never reaches the upstream.
+    Deny(LocalReply),
+}
+
+/// The outcome of a request's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Verdict(Verdict),
+    /// Wait: a verdict will come in [`Effects`].
+    Pause,
+}
+
+/// Verdicts for paused requests, by request (context) id, in order.
+pub type Effects = Vec<(u32, Verdict)>;
+
+/// Why a callout was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Introspection([u8; 32]),
+    Discovery,
+    Jwks,
+}
+
+/// One introspection and the requests waiting for its answer.
+struct Flight {
+    /// Requests waiting for the answer, in arrival order.
+    members: Vec<u32>,
+    /// The request whose context sent the callout (`None`: the VM sent it).
+    owner: Option<u32>,
+    stage: Stage,
+    /// The request to the authorization server, kept to send it again if its owner goes away.
+    request: Callout,
+    key: CacheKey,
+    /// Host clock (ns) when the callout left.
+    sent_at: Option<u64>,
+}
+
+enum Stage {
+    /// The callout with this token is in flight.
+    Introspecting(u32),
+    /// The answer is signed with a key the VM does not have: waiting for a fresh JWKS.
+    AwaitingKeys(StoredAnswer),
+    /// Its sender went away (and the host cancelled the callout): the VM sends it again.
+    Orphaned,
+}
+
+/// A paused request.
+struct Waiting {
+    fingerprint: [u8; 32],
+    /// Identity headers the client sent, removed if the request is let through.
+    remove: Vec<String>,
+}
+
+/// One VM's state: its configuration, what it fetched, its caches and its requests.
+pub struct Gate {
+    config: Rc<Config>,
+    endpoints: Option<Endpoints>,
+    keys: Option<Rc<KeySet>>,
+    discovery: FetchSchedule,
+    jwks: FetchSchedule,
+    /// An answer signed with an unknown key asked for a JWKS fetch: the next tick sends it.
+    jwks_wanted: bool,
+    /// A short tick was asked for and has not come yet.
+    kicked: bool,
+    /// The last clock reading (for bookkeeping when the clock fails).
+    last_now: i64,
+    cache_keys: CacheKeys,
+    local: LocalCache,
+    /// Requests let through (their body and trailers may flow).
+    allowed: HashSet<u32>,
+    waiting: HashMap<u32, Waiting>,
+    flights: HashMap<[u8; 32], Flight>,
+    callouts: HashMap<u32, Purpose>,
+}
+
+impl Gate {
+    /// A VM with this configuration. Call [`Gate::start`] next.
+    pub fn new(config: Config) -> Gate {
+        let endpoints = config.discovery_path.is_none().then(|| Endpoints {
+            introspection_path: config.introspection_path.clone(),
+            issuer: config.issuer.clone(),
+            jwks_path: configured_jwks_path(&config),
+        });
+        let local_capacity =
+            usize::try_from(config.cache.max_entries.min(LOCAL_CACHE_MAX)).unwrap_or(0);
+        Gate {
+            cache_keys: CacheKeys::new(&config),
+            local: LocalCache::new(local_capacity),
+            config: Rc::new(config),
+            endpoints,
+            keys: None,
+            discovery: FetchSchedule::default(),
+            jwks: FetchSchedule::default(),
+            jwks_wanted: false,
+            kicked: false,
+            last_now: 0,
+            allowed: HashSet::new(),
+            waiting: HashMap::new(),
+            flights: HashMap::new(),
+            callouts: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sets the tick and sends the first fetches. Called from the VM's own context.
+    pub fn start<H: Host>(&mut self, host: &mut H) -> Result<(), HostError> {
+        host.set_tick_period(self.base_tick())?;
+        self.maintain(host);
+        Ok(())
+    }
+
+    /// Whether the request was let through (its body and trailers may flow).
+    pub fn is_allowed(&self, id: u32) -> bool {
+        self.allowed.contains(&id)
+    }
+
+    /// Requests paused, waiting for a verdict.
+    pub fn paused(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether the VM fetches documents (and so ticks regularly).
+    fn fetches(&self) -> bool {
+        self.config.discovery_path.is_some() || remote_keys(&self.config).is_some()
+    }
+
+    fn base_tick(&self) -> Duration {
+        if self.fetches() {
+            TICK
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Asks for a tick as soon as possible.
+    fn kick<H: Host>(&mut self, host: &mut H) {
+        if self.kicked {
+            return;
+        }
+        match host.set_tick_period(KICK) {
+            Ok(()) => self.kicked = true,
+            Err(e) => warn!("cannot ask for an early tick: {e}"),
+        }
+    }
+
+    fn now<H: Host>(&mut self, host: &H) -> Result<i64, Fault> {
+        let now = host.now_unix().map_err(|_| Fault::Clock)?;
+        self.last_now = now;
+        Ok(now)
+    }
+
+    // ---- A request's headers ------------------------------------------------------------
+
+    /// Decides what to do with request `id` from its headers.
+    pub fn on_request_headers<H: Host>(&mut self, id: u32, host: &mut H) -> Step {
+        let config = self.config.clone();
+        let raw = match host.request_headers() {
+            Ok(raw) => raw,
+            Err(e) => return self.refuse(id, Denial::Unavailable(Fault::Host(e)), host),
+        };
+        let Some(pairs) = decode_pairs(&raw) else {
+            let fault = Fault::Host(HostError::Status(0));
+            return self.refuse(id, Denial::Unavailable(fault), host);
+        };
+
+        // 1. No client may forge an identity: every header the filter may set, in every
+        //    spelling an upstream could read as one (`X_User_Sub`), goes.
+        let mut remove = Vec::new();
+        for (name, _) in &pairs {
+            if config.is_identity_header(name) {
+                match std::str::from_utf8(name) {
+                    Ok(name) => remove.push(name.to_string()),
+                    Err(_) => {
+                        let fault = Fault::Host(HostError::Status(0));
+                        return self.refuse(id, Denial::Unavailable(fault), host);
+                    }
+                }
+            }
+        }
+
+        // 2. Exactly one well-formed bearer token.
+        let authorization: Vec<&[u8]> = pairs
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"authorization"))
+            .map(|(_, v)| *v)
+            .collect();
+        let token = match bearer::extract(&authorization, config.max_token_length) {
+            Credentials::Bearer(token) => token.to_string(),
+            Credentials::Missing => return self.refuse(id, Denial::Missing, host),
+            Credentials::Malformed(m) => return self.refuse(id, Denial::Malformed(m), host),
+        };
+        drop(pairs);
+
+        let now = match self.now(host) {
+            Ok(now) => now,
+            Err(fault) => return self.refuse(id, Denial::Unavailable(fault), host),
+        };
+
+        // 3. A cached answer (shared by all workers): the policy is applied to it afresh.
+        let key = self
+            .cache_keys
+            .key_for(&token, config.cache.max_entries.max(1));
+        if config.cache.enabled() {
+            if let Some(claims) = self.cached(&key, now, host) {
+                host.count(Counter::CacheHit);
+                let decision = decision::evaluate(&config, &claims, now);
+                return Step::Verdict(self.verdict(id, remove, &decision, host));
+            }
+            host.count(Counter::CacheMiss);
+        }
+
+        // 4. One callout per token at a time in this VM: join the one in flight.
+        if let Some(flight) = self.flights.get_mut(&key.fingerprint) {
+            flight.members.push(id);
+            self.waiting.insert(
+                id,
+                Waiting {
+                    fingerprint: key.fingerprint,
+                    remove,
+                },
+            );
+            host.count(Counter::CalloutCoalesced);
+            debug!("[{id}] waiting for the introspection in flight");
+            return Step::Pause;
+        }
+
+        // 5. Ask the authorization server; the request waits for its answer.
+        let Some(endpoints) = &self.endpoints else {
+            return self.refuse(id, Denial::Unavailable(Fault::NotConfigured), host);
+        };
+        let accept = if config.signed.is_some() {
+            ACCEPT_JWT
+        } else {
+            ACCEPT_JSON
+        };
+        let request =
+            callout::introspection_request(&config, &endpoints.introspection_path, &token, accept);
+        let token_id = match host.dispatch(&config.cluster, &request, config.timeout) {
+            Ok(token_id) => token_id,
+            Err(e) => {
+                warn!("[{id}] introspection callout not sent: {e}");
+                return self.refuse(id, Denial::Unavailable(Fault::DispatchFailed), host);
+            }
+        };
+        host.count(Counter::CalloutSent);
+        debug!("[{id}] introspection callout sent");
+        self.callouts
+            .insert(token_id, Purpose::Introspection(key.fingerprint));
+        self.waiting.insert(
+            id,
+            Waiting {
+                fingerprint: key.fingerprint,
+                remove,
+            },
+        );
+        self.flights.insert(
+            key.fingerprint,
+            Flight {
+                members: vec![id],
+                owner: Some(id),
+                stage: Stage::Introspecting(token_id),
+                request,
+                key,
+                sent_at: host.now_nanos(),
+            },
+        );
+        Step::Pause
+    }
+
+    /// A live cached answer for this token: the VM's front first, then shared data.
+    fn cached<H: Host>(&mut self, key: &CacheKey, now: i64, host: &H) -> Option<Rc<Claims>> {
+        if let Some(claims) = self.local.get(&key.fingerprint, now) {
+            return Some(claims);
+        }
+        let bytes = match host.shared_get(&key.slot_key) {
+            Ok(Some((bytes, _))) => bytes,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!("cache read failed: {e}");
+                return None;
+            }
+        };
+        let (expires_at, claims) = self.cache_keys.decode(&bytes, &key.fingerprint, now)?;
+        let claims = Rc::new(claims);
+        self.local
+            .insert(key.fingerprint, expires_at, claims.clone(), now);
+        Some(claims)
+    }
+
+    /// Stores the claims of a definite decision, if the policy allows, replacing whatever the
+    /// slot held. Compare-and-swap, with one retry if another worker wrote the slot in between.
+    fn store<H: Host>(&mut self, key: &CacheKey, claims: &Claims, now: i64, host: &mut H) {
+        let Some(expires_at) = self.config.cache.expires_at(&self.config, claims, now) else {
+            return;
+        };
+        let kept = cache::kept_claims(&self.config, claims);
+        let entry = self.cache_keys.encode(&key.fingerprint, expires_at, &kept);
+        self.local
+            .insert(key.fingerprint, expires_at, Rc::new(kept), now);
+        for _ in 0..2 {
+            let cas = match host.shared_get(&key.slot_key) {
+                Ok(Some((bytes, cas))) => {
+                    if !self
+                        .cache_keys
+                        .should_replace(&bytes, &key.fingerprint, expires_at, now)
+                    {
+                        return;
+                    }
+                    cas
+                }
+                Ok(None) => 0,
+                Err(e) => {
+                    warn!("cache read failed: {e}");
+                    return;
+                }
+            };
+            match host.shared_set(&key.slot_key, &entry, cas) {
+                Ok(()) => {
+                    host.count(Counter::CacheStore);
+                    return;
+                }
+                Err(HostError::CasMismatch) => continue,
+                Err(e) => {
+                    warn!("cache write failed: {e}");
+                    return;
+                }
+            }
+        }
+        debug!("cache write lost twice to other workers: not stored");
+    }
+
+    // ---- Verdicts -----------------------------------------------------------------------
+
+    /// The verdict of a decision for request `id`; counts it.
+    fn verdict<H: Host>(
+        &mut self,
+        id: u32,
+        mut remove: Vec<String>,
+        decision: &Decision,
+        host: &mut H,
+    ) -> Verdict {
+        match decision {
+            Decision::Allow(headers) => {
+                host.count(Counter::Allowed);
+                self.allowed.insert(id);
+                if !self.config.forward_authorization {
+                    remove.push("authorization".to_string());
+                }
+                debug!("[{id}] allowed");
+                Verdict::Allow {
+                    remove,
+                    set: headers.clone(),
+                }
+            }
+            Decision::Deny(denial) => Verdict::Deny(self.denied(id, *denial, host)),
+        }
+    }
+
+    /// Counts and logs a denial; the local reply for it.
+    fn denied<H: Host>(&mut self, id: u32, denial: Denial, host: &mut H) -> LocalReply {
+        self.allowed.remove(&id);
+        host.count(Counter::Denied(denial.kind()));
+        match denial {
+            Denial::Unavailable(fault) => {
+                host.count(Counter::UnavailableCause(fault.code()));
+                warn!("[{id}] denied (unavailable, {}): {fault}", fault.code());
+            }
+            other => debug!("[{id}] denied ({}): {other}", other.cause()),
+        }
+        reply::for_denial(&self.config, &denial)
+    }
+
+    fn refuse<H: Host>(&mut self, id: u32, denial: Denial, host: &mut H) -> Step {
+        Step::Verdict(Verdict::Deny(self.denied(id, denial, host)))
+    }
+
+    /// The adapter could not apply an `Allow` (a header could not be set or removed): the
+    /// request is answered 503 instead.
+    pub fn allow_failed<H: Host>(&mut self, id: u32, error: HostError, host: &mut H) -> Verdict {
+        Verdict::Deny(self.denied(id, Denial::Unavailable(Fault::Host(error)), host))
+    }
+
+    // ---- Callout answers ----------------------------------------------------------------
+
+    /// A callout answered (or failed): `num_headers == 0` means it got no answer.
+    pub fn on_callout_response<H: Host>(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        host: &mut H,
+    ) -> Effects {
+        let Some(purpose) = self.callouts.remove(&token) else {
+            debug!("ignoring the answer of an unknown callout");
+            return Effects::new();
+        };
+        let answer =
+            response::read_answer(host, num_headers, body_size, self.config.max_response_bytes);
+        match purpose {
+            Purpose::Discovery => {
+                self.discovery_answered(answer, host);
+                Effects::new()
+            }
+            Purpose::Jwks => self.jwks_answered(answer, host),
+            Purpose::Introspection(fingerprint) => {
+                self.introspection_answered(fingerprint, token, answer, host)
+            }
+        }
+    }
+
+    fn introspection_answered<H: Host>(
+        &mut self,
+        fingerprint: [u8; 32],
+        token: u32,
+        answer: Result<StoredAnswer, Fault>,
+        host: &mut H,
+    ) -> Effects {
+        let Some(flight) = self.flights.get(&fingerprint) else {
+            return Effects::new();
+        };
+        if !matches!(flight.stage, Stage::Introspecting(t) if t == token) {
+            return Effects::new();
+        }
+        let elapsed_ms = match (flight.sent_at, host.now_nanos()) {
+            (Some(t0), Some(t1)) => {
+                let ms = t1.saturating_sub(t0) / 1_000_000;
+                host.record(Histogram::CalloutLatencyMs, ms);
+                Some(ms)
+            }
+            _ => None,
+        };
+        let now = match self.now(host) {
+            Ok(now) => now,
+            Err(fault) => return self.finish_flight(fingerprint, self.last_now, Err(fault), host),
+        };
+        let answer = answer.and_then(|a| {
+            let timeout_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
+            match elapsed_ms {
+                // Envoy answers a callout that timed out with its own 504.
+                Some(ms) if a.status.as_deref() == Some(b"504") && ms >= timeout_ms => {
+                    Err(Fault::Timeout)
+                }
+                _ => Ok(a),
+            }
+        });
+        match answer {
+            Ok(answer) => self.judge(fingerprint, answer, now, true, host),
+            Err(fault) => self.finish_flight(fingerprint, now, Err(fault), host),
+        }
+    }
+
+    /// Verifies an answer and concludes its flight — or parks it until a fresh JWKS.
+    fn judge<H: Host>(
+        &mut self,
+        fingerprint: [u8; 32],
+        answer: StoredAnswer,
+        now: i64,
+        may_refetch: bool,
+        host: &mut H,
+    ) -> Effects {
+        let started = host.now_nanos();
+        let verified = match &self.endpoints {
+            None => Err(AnswerError::Fault(Fault::NotConfigured)),
+            Some(endpoints) => response::verified_claims(
+                &self.config,
+                endpoints,
+                self.keys.as_deref(),
+                &answer.view(),
+                now,
+            ),
+        };
+        if let (Some(signed), Some(t0), Some(t1)) = (&self.config.signed, started, host.now_nanos())
+        {
+            let micros = t1.saturating_sub(t0) / 1000;
+            debug!("{} answer checked in {micros} us", signed.alg.name());
+        }
+        match verified {
+            Ok(claims) => self.finish_flight(fingerprint, now, Ok(claims), host),
+            Err(AnswerError::Fault(fault)) => {
+                self.finish_flight(fingerprint, now, Err(fault), host)
+            }
+            Err(AnswerError::UnknownKey) => {
+                let interval = self.config.signed.as_ref().map_or(0, |s| {
+                    i64::try_from(s.refetch_interval.as_secs()).unwrap_or(i64::MAX)
+                });
+                let coming = self.jwks.in_flight(now) || self.jwks_wanted;
+                if may_refetch && (coming || self.jwks.trigger_allowed(now, interval)) {
+                    if let Some(flight) = self.flights.get_mut(&fingerprint) {
+                        flight.stage = Stage::AwaitingKeys(answer);
+                    }
+                    if !coming {
+                        info!("answer signed with an unknown key: fetching the JWKS");
+                        self.jwks_wanted = true;
+                        self.kick(host);
+                    }
+                    return Effects::new();
+                }
+                let fault = if self.keys.is_some() {
+                    Fault::Jwt(VerifyError::UnknownKey)
+                } else {
+                    Fault::NoKeys
+                };
+                self.finish_flight(fingerprint, now, Err(fault), host)
+            }
+        }
+    }
+
+    /// Ends a flight: its decision for every request that waited for it; caches it if it is
+    /// definite.
+    fn finish_flight<H: Host>(
+        &mut self,
+        fingerprint: [u8; 32],
+        now: i64,
+        outcome: Result<Claims, Fault>,
+        host: &mut H,
+    ) -> Effects {
+        let Some(flight) = self.flights.remove(&fingerprint) else {
+            return Effects::new();
+        };
+        let decision = match &outcome {
+            Ok(claims) => decision::evaluate(&self.config, claims, now),
+            Err(fault) => Decision::Deny(Denial::Unavailable(*fault)),
+        };
+        match &outcome {
+            Ok(claims) if decision.is_definite() => self.store(&flight.key, claims, now, host),
+            Ok(_) => {}
+            Err(_) => host.count(Counter::CalloutFailed),
+        }
+        let mut effects = Effects::with_capacity(flight.members.len());
+        for id in flight.members {
+            let remove = self
+                .waiting
+                .remove(&id)
+                .map(|w| w.remove)
+                .unwrap_or_default();
+            let verdict = self.verdict(id, remove, &decision, host);
+            effects.push((id, verdict));
+        }
+        effects
+    }
+
+    fn discovery_answered<H: Host>(&mut self, answer: Result<StoredAnswer, Fault>, host: &mut H) {
+        let now = self.now(host).unwrap_or(self.last_now);
+        let found = answer.and_then(|a| {
+            response::check_status(&a.view())?;
+            discovery::parse(&a.body).map_err(|_| Fault::NotJson)
+        });
+        match found {
+            Ok(found) => {
+                self.discovery.finished(now, true);
+                let endpoints = Endpoints {
+                    introspection_path: if self.config.introspection_path_explicit {
+                        self.config.introspection_path.clone()
+                    } else {
+                        found.introspection_path
+                    },
+                    issuer: self.config.issuer.clone().or(Some(found.issuer)),
+                    jwks_path: configured_jwks_path(&self.config).or(found.jwks_path),
+                };
+                info!(
+                    "discovery: issuer {}, introspection {}, jwks {}",
+                    endpoints.issuer.as_deref().unwrap_or("-"),
+                    endpoints.introspection_path,
+                    endpoints.jwks_path.as_deref().unwrap_or("-")
+                );
+                self.endpoints = Some(endpoints);
+                if remote_keys(&self.config).is_some() {
+                    self.kick(host); // the JWKS can be fetched now
+                }
+            }
+            Err(fault) => {
+                self.discovery.finished(now, false);
+                warn!(
+                    "discovery failed ({}), retrying in {RETRY_SECS} s: {fault}",
+                    fault.code()
+                );
+            }
+        }
+    }
+
+    fn jwks_answered<H: Host>(
+        &mut self,
+        answer: Result<StoredAnswer, Fault>,
+        host: &mut H,
+    ) -> Effects {
+        let now = self.now(host).unwrap_or(self.last_now);
+        let parsed = answer.map_err(|f| f.to_string()).and_then(|a| {
+            response::check_status(&a.view()).map_err(|f| f.to_string())?;
+            KeySet::from_jwks(&a.body).map_err(String::from)
+        });
+        match parsed {
+            Ok(set) if !set.is_empty() => {
+                info!(
+                    "JWKS loaded: {} usable keys ({} skipped)",
+                    set.len(),
+                    set.skipped
+                );
+                self.keys = Some(Rc::new(set));
+                self.jwks.finished(now, true);
+                host.count(Counter::JwksFetchOk);
+            }
+            other => {
+                let why = other.err().unwrap_or_else(|| "no usable key".into());
+                warn!("JWKS fetch failed, keeping the previous keys if any: {why}");
+                self.jwks.finished(now, false);
+                host.count(Counter::JwksFetchFailed);
+            }
+        }
+        self.judge_parked(now, host)
+    }
+
+    /// Judges again, with the keys the VM now has, every answer that waited for them.
+    fn judge_parked<H: Host>(&mut self, now: i64, host: &mut H) -> Effects {
+        let parked: Vec<[u8; 32]> = self
+            .flights
+            .iter()
+            .filter(|(_, f)| matches!(f.stage, Stage::AwaitingKeys(_)))
+            .map(|(fp, _)| *fp)
+            .collect();
+        let mut effects = Effects::new();
+        for fp in parked {
+            let Some(flight) = self.flights.get_mut(&fp) else {
+                continue;
+            };
+            let Stage::AwaitingKeys(answer) = std::mem::replace(&mut flight.stage, Stage::Orphaned)
+            else {
+                continue;
+            };
+            effects.extend(self.judge(fp, answer, now, false, host));
+        }
+        effects
+    }
+
+    /// Concludes every flight in `stage_matches` with a fault.
+    fn fail_flights<H: Host>(
+        &mut self,
+        now: i64,
+        fault: Fault,
+        stage_matches: fn(&Stage) -> bool,
+        host: &mut H,
+    ) -> Effects {
+        let failed: Vec<[u8; 32]> = self
+            .flights
+            .iter()
+            .filter(|(_, f)| stage_matches(&f.stage))
+            .map(|(fp, _)| *fp)
+            .collect();
+        let mut effects = Effects::new();
+        for fp in failed {
+            effects.extend(self.finish_flight(fp, now, Err(fault), host));
+        }
+        effects
+    }
+
+    // ---- The VM's timer -----------------------------------------------------------------
+
+    /// The tick: sends the fetches that are due and the introspections whose sender went away.
+    pub fn on_tick<H: Host>(&mut self, host: &mut H) -> Effects {
+        let effects = self.maintain(host);
+        if std::mem::take(&mut self.kicked) {
+            if let Err(e) = host.set_tick_period(self.base_tick()) {
+                warn!("cannot restore the tick period: {e}");
+            }
+        }
+        effects
+    }
+
+    fn maintain<H: Host>(&mut self, host: &mut H) -> Effects {
+        let now = match self.now(host) {
+            Ok(now) => now,
+            Err(fault) => {
+                // Nothing can be judged without a clock: the waiting requests are answered.
+                let last = self.last_now;
+                return self.fail_flights(
+                    last,
+                    fault,
+                    |s| !matches!(s, Stage::Introspecting(_)),
+                    host,
+                );
+            }
+        };
+        let mut effects = Effects::new();
+        if let (Some(path), None) = (&self.config.discovery_path, &self.endpoints) {
+            if self.discovery.timer_due(now, None, RETRY_SECS) {
+                let request = callout::get_request(&self.config.authority, path, ACCEPT_JSON);
+                match host.dispatch(&self.config.cluster, &request, FETCH_TIMEOUT) {
+                    Ok(token) => {
+                        self.discovery.started(now, false);
+                        self.callouts.insert(token, Purpose::Discovery);
+                    }
+                    Err(e) => {
+                        self.discovery.not_started(now, false);
+                        warn!("discovery not sent: {e}");
+                    }
+                }
+            }
+        }
+        if let Some(refresh) = self
+            .config
+            .signed
+            .as_ref()
+            .filter(|_| remote_keys(&self.config).is_some())
+            .map(|s| i64::try_from(s.refresh.as_secs()).unwrap_or(i64::MAX))
+        {
+            let due = self.jwks.timer_due(now, Some(refresh), RETRY_SECS);
+            if (due || self.jwks_wanted) && !self.jwks.in_flight(now) {
+                let triggered = std::mem::take(&mut self.jwks_wanted) && !due;
+                if let Err(fault) = self.send_jwks_fetch(now, triggered, host) {
+                    warn!("JWKS fetch not sent ({}): {fault}", fault.code());
+                    effects.extend(self.fail_flights(
+                        now,
+                        fault,
+                        |s| matches!(s, Stage::AwaitingKeys(_)),
+                        host,
+                    ));
+                }
+            }
+        }
+        effects.extend(self.send_orphans(now, host));
+        effects
+    }
+
+    fn send_jwks_fetch<H: Host>(
+        &mut self,
+        now: i64,
+        triggered: bool,
+        host: &mut H,
+    ) -> Result<(), Fault> {
+        let Some((cluster, authority)) = remote_keys(&self.config) else {
+            return Err(Fault::NotConfigured);
+        };
+        let Some(path) = self.endpoints.as_ref().and_then(|e| e.jwks_path.as_deref()) else {
+            self.jwks.not_started(now, triggered);
+            return Err(Fault::NotConfigured);
+        };
+        let request = callout::get_request(authority, path, ACCEPT_JWKS);
+        match host.dispatch(cluster, &request, FETCH_TIMEOUT) {
+            Ok(token) => {
+                self.jwks.started(now, triggered);
+                self.callouts.insert(token, Purpose::Jwks);
+                Ok(())
+            }
+            Err(e) => {
+                warn!("JWKS fetch not sent: {e}");
+                self.jwks.not_started(now, triggered);
+                Err(Fault::DispatchFailed)
+            }
+        }
+    }
+
+    /// Sends again, from the VM, the introspections whose sender went away.
+    fn send_orphans<H: Host>(&mut self, now: i64, host: &mut H) -> Effects {
+        let orphans: Vec<[u8; 32]> = self
+            .flights
+            .iter()
+            .filter(|(_, f)| matches!(f.stage, Stage::Orphaned))
+            .map(|(fp, _)| *fp)
+            .collect();
+        let mut effects = Effects::new();
+        for fp in orphans {
+            let Some(flight) = self.flights.get_mut(&fp) else {
+                continue;
+            };
+            match host.dispatch(&self.config.cluster, &flight.request, self.config.timeout) {
+                Ok(token) => {
+                    flight.stage = Stage::Introspecting(token);
+                    flight.owner = None;
+                    flight.sent_at = host.now_nanos();
+                    self.callouts.insert(token, Purpose::Introspection(fp));
+                    host.count(Counter::CalloutSent);
+                    debug!("introspection sent again for the requests still waiting");
+                }
+                Err(e) => {
+                    warn!("introspection not sent again: {e}");
+                    effects.extend(self.finish_flight(fp, now, Err(Fault::DispatchFailed), host));
+                }
+            }
+        }
+        effects
+    }
+
+    // ---- A request goes away ------------------------------------------------------------
+
+    /// Request `id` is done (answered, or its client went away).
+    pub fn on_done<H: Host>(&mut self, id: u32, host: &mut H) {
+        self.allowed.remove(&id);
+        let Some(waiting) = self.waiting.remove(&id) else {
+            return;
+        };
+        let fp = waiting.fingerprint;
+        let Some(flight) = self.flights.get_mut(&fp) else {
+            return;
+        };
+        flight.members.retain(|m| *m != id);
+        let owned = flight.owner == Some(id);
+        if owned {
+            flight.owner = None;
+        }
+        match (&flight.stage, owned, flight.members.is_empty()) {
+            // The host cancels the callouts of a request that goes away.
+            (Stage::Introspecting(token), true, empty) => {
+                self.callouts.remove(token);
+                if empty {
+                    self.flights.remove(&fp);
+                } else {
+                    debug!("[{id}] went away while introspecting for others: sent again");
+                    flight.stage = Stage::Orphaned;
+                    self.kick(host);
+                }
+            }
+            // A callout the VM owns still answers (and fills the cache): keep it.
+            (Stage::Introspecting(_), false, _) => {}
+            (_, _, true) => {
+                self.flights.remove(&fp);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The cluster and authority the JWKS is fetched from, if it is fetched.
+fn remote_keys(config: &Config) -> Option<(&str, &str)> {
+    match config.signed.as_ref().map(|s| &s.keys) {
+        Some(KeySource::Remote {
+            cluster, authority, ..
+        }) => Some((cluster, authority)),
+        _ => None,
+    }
+}
+
+/// The JWKS path given in the configuration, if the keys are fetched.
+fn configured_jwks_path(config: &Config) -> Option<String> {
+    match config.signed.as_ref().map(|s| &s.keys) {
+        Some(KeySource::Remote { path, .. }) => path.clone(),
+        _ => None,
+    }
+}
