@@ -1,0 +1,817 @@
+//! The gate's state machines under concurrency, faults and clocks, with the mock host.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::time::Duration;
+
+use introspection_core::gate::{Effects, Gate, Step, Verdict};
+use introspection_core::mock::{MockAnswer, MockHost};
+use introspection_core::Config;
+use jwt_compact::alg::Es256;
+use jwt_compact::{AlgorithmExt, Claims, Header};
+use serde_json::{json, Value};
+
+const NOW: i64 = 1_790_000_000;
+const ISS: &str = "https://as.example/api/v2";
+const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
+const JWT: &str = "application/token-introspection+jwt";
+
+fn config(extra: Value) -> Config {
+    let mut v = json!({"cluster": "as", "authority": "as.example", "client_id": "sr",
+        "client_secret": "secret"});
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    Config::from_json(v.to_string().as_bytes()).unwrap()
+}
+
+fn active(sub: &str) -> String {
+    json!({"active": true, "sub": sub, "exp": NOW + 600, "token_type": "Bearer",
+        "scope": "openid"})
+    .to_string()
+}
+
+/// A gate and its mock host, with shorthands for what Envoy would call.
+struct Vm {
+    gate: Gate,
+    host: MockHost,
+}
+
+impl Vm {
+    fn new(config: Config) -> Vm {
+        let mut host = MockHost::at(NOW);
+        let mut gate = Gate::new(config);
+        gate.start(&mut host).unwrap();
+        Vm { gate, host }
+    }
+
+    fn plain() -> Vm {
+        Vm::new(config(json!({})))
+    }
+
+    fn uncached() -> Vm {
+        Vm::new(config(json!({"cache": {"max_entries": 0}})))
+    }
+
+    /// Request `id` arrives with this bearer token.
+    fn request(&mut self, id: u32, token: &str) -> Step {
+        self.host.bearer(token);
+        self.gate.on_request_headers(id, &mut self.host)
+    }
+
+    fn request_with(&mut self, id: u32, headers: &[(&str, &[u8])]) -> Step {
+        self.host.request_with(headers);
+        self.gate.on_request_headers(id, &mut self.host)
+    }
+
+    /// The callout with this token answers.
+    fn answer(&mut self, token: u32, answer: MockAnswer) -> Effects {
+        let (headers, body) = (answer.headers.len(), answer.body.len());
+        self.host.answer = answer;
+        self.gate
+            .on_callout_response(token, headers, body, &mut self.host)
+    }
+
+    /// The callout with this token got no answer (reset, refused).
+    fn fail(&mut self, token: u32) -> Effects {
+        self.gate.on_callout_response(token, 0, 0, &mut self.host)
+    }
+
+    fn last_token(&self) -> u32 {
+        self.host.last().unwrap().token
+    }
+
+    fn tick(&mut self) -> Effects {
+        self.gate.on_tick(&mut self.host)
+    }
+
+    fn done(&mut self, id: u32) {
+        self.gate.on_done(id, &mut self.host);
+    }
+}
+
+fn allowed_sub(verdict: &Verdict) -> Option<&str> {
+    match verdict {
+        Verdict::Allow { set, .. } => set
+            .iter()
+            .find(|(n, _)| n == "x-user-sub")
+            .map(|(_, v)| v.as_str()),
+        Verdict::Deny(_) => None,
+    }
+}
+
+fn details(verdict: &Verdict) -> &str {
+    match verdict {
+        Verdict::Deny(reply) => &reply.details,
+        Verdict::Allow { .. } => "allowed",
+    }
+}
+
+fn status(step: &Step) -> u32 {
+    match step {
+        Step::Verdict(Verdict::Deny(reply)) => reply.status,
+        Step::Verdict(Verdict::Allow { .. }) => 200,
+        Step::Pause => 0,
+    }
+}
+
+fn step_details(step: &Step) -> &str {
+    match step {
+        Step::Verdict(v) => details(v),
+        Step::Pause => "paused",
+    }
+}
+
+// ---- Single flight ------------------------------------------------------------------------
+
+#[test]
+fn fifty_requests_for_one_token_share_one_callout_and_each_gets_its_own_verdict() {
+    let mut vm = Vm::uncached();
+    for id in 1..=50 {
+        assert_eq!(vm.request(id, "tok-shared"), Step::Pause);
+    }
+    assert_eq!(vm.host.dispatched.len(), 1);
+    assert_eq!(vm.host.counter("introspection.callout.coalesced"), 49);
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    let ids: Vec<u32> = effects.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, (1..=50).collect::<Vec<_>>());
+    assert!(effects.iter().all(|(_, v)| allowed_sub(v) == Some(SUB)));
+    assert_eq!(vm.host.counter("introspection.allowed"), 50);
+    assert_eq!(vm.gate.paused(), 0);
+}
+
+#[test]
+fn a_waiter_that_forged_an_identity_header_has_it_removed_and_no_one_else() {
+    let mut vm = Vm::uncached();
+    vm.request(1, "tok");
+    vm.request_with(
+        2,
+        &[("authorization", b"Bearer tok"), ("X_User_Sub", b"mallory")],
+    );
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    let removed = |i: usize| match &effects[i].1 {
+        Verdict::Allow { remove, .. } => remove.clone(),
+        Verdict::Deny(_) => panic!("denied"),
+    };
+    assert_eq!(removed(0), vec!["authorization".to_string()]);
+    assert_eq!(
+        removed(1),
+        vec!["X_User_Sub".to_string(), "authorization".to_string()]
+    );
+}
+
+#[test]
+fn a_sender_that_goes_away_has_the_vm_send_the_introspection_again_for_the_waiters() {
+    let mut vm = Vm::plain();
+    for id in 1..=4 {
+        vm.request(id, "tok");
+    }
+    let first = vm.last_token();
+    vm.done(1); // the client of the request that sent the callout disconnects
+    assert_eq!(
+        vm.host.ticks.last(),
+        Some(&Duration::from_millis(1)),
+        "asks for an early tick"
+    );
+    assert!(vm.tick().is_empty());
+    assert_eq!(vm.host.dispatched.len(), 2, "sent again, by the VM");
+    // The cancelled callout's answer, should it still come, is ignored.
+    assert!(vm.fail(first).is_empty());
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    let ids: Vec<u32> = effects.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![2, 3, 4]);
+    assert!(effects.iter().all(|(_, v)| allowed_sub(v) == Some(SUB)));
+    // And the next request is served from the cache.
+    assert_eq!(status(&vm.request(5, "tok")), 200);
+    assert_eq!(vm.host.dispatched.len(), 2);
+}
+
+#[test]
+fn a_sender_that_goes_away_alone_leaves_no_flight_behind() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.done(1);
+    vm.tick();
+    assert_eq!(
+        vm.host.dispatched.len(),
+        1,
+        "nobody waits: nothing sent again"
+    );
+    assert_eq!(vm.request(2, "tok"), Step::Pause);
+    assert_eq!(
+        vm.host.dispatched.len(),
+        2,
+        "a new request starts a new flight"
+    );
+}
+
+#[test]
+fn a_waiter_that_goes_away_gets_no_verdict() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.request(2, "tok");
+    vm.done(2);
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(effects.len(), 1);
+    assert_eq!(effects[0].0, 1);
+}
+
+#[test]
+fn when_the_vm_cannot_send_again_the_waiters_get_503() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.request(2, "tok");
+    vm.done(1);
+    vm.host.dispatch_fails = true;
+    let effects = vm.tick();
+    assert_eq!(effects.len(), 1);
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_dispatch_failed"
+    );
+}
+
+#[test]
+fn request_bodies_flow_only_after_an_allow() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    assert!(!vm.gate.is_allowed(1));
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert!(vm.gate.is_allowed(1));
+    vm.done(1);
+    assert!(!vm.gate.is_allowed(1));
+    vm.host.bearer("other");
+    vm.request(2, "other");
+    vm.answer(vm.last_token(), MockAnswer::json(r#"{"active":false}"#));
+    assert!(!vm.gate.is_allowed(2));
+}
+
+// ---- Cache ---------------------------------------------------------------------------------
+
+#[test]
+fn a_cas_mismatch_is_retried_once_and_the_entry_stored() {
+    let mut vm = Vm::plain();
+    vm.host.cas_mismatches = 1;
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    assert_eq!(vm.host.shared_writes, 2);
+    assert_eq!(vm.host.counter("introspection.cache.store"), 1);
+}
+
+#[test]
+fn two_cas_mismatches_give_up_storing_but_still_allow() {
+    let mut vm = Vm::plain();
+    vm.host.cas_mismatches = 2;
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    assert_eq!(vm.host.shared_writes, 2);
+    assert_eq!(vm.host.counter("introspection.cache.store"), 0);
+}
+
+#[test]
+fn another_worker_reads_the_entry_from_shared_data() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    // A second VM of the same proxy: its own memory, the same shared data.
+    let mut other = Vm::plain();
+    other.host.shared = vm.host.shared.clone();
+    assert_eq!(status(&other.request(7, "tok")), 200);
+    assert!(other.host.dispatched.is_empty());
+    assert_eq!(other.host.counter("introspection.cache.hit"), 1);
+}
+
+#[test]
+fn an_entry_is_not_served_past_its_expiry() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    vm.host.advance(60); // max_ttl
+    assert_eq!(vm.request(2, "tok"), Step::Pause);
+    assert_eq!(vm.host.dispatched.len(), 2);
+}
+
+#[test]
+fn definite_refusals_are_cached() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(r#"{"active":false}"#));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_invalid_token_inactive"
+    );
+    assert_eq!(status(&vm.request(2, "tok")), 401);
+    assert_eq!(vm.host.dispatched.len(), 1);
+}
+
+fn assert_fault_not_cached(answer: MockAnswer, expected: &str) {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), answer);
+    assert_eq!(details(&effects[0].1), expected);
+    assert_eq!(
+        vm.request(2, "tok"),
+        Step::Pause,
+        "{expected}: a new callout"
+    );
+    assert_eq!(vm.host.dispatched.len(), 2);
+    assert_eq!(vm.host.counter("introspection.cache.store"), 0);
+    // The server corrects its answer: the next request is allowed.
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+}
+
+#[test]
+fn an_answer_with_a_crlf_in_sub_is_a_fault_and_never_cached() {
+    let body = json!({"active": true, "sub": "abc\r\nx-admin: 1", "exp": NOW + 600,
+        "token_type": "Bearer"});
+    assert_fault_not_cached(
+        MockAnswer::json(&body.to_string()),
+        "introspection_unavailable_bad_claim",
+    );
+}
+
+#[test]
+fn an_answer_with_a_non_numeric_nbf_is_a_fault_and_never_cached() {
+    let body = json!({"active": true, "sub": SUB, "exp": NOW + 600, "nbf": "soon",
+        "token_type": "Bearer"});
+    assert_fault_not_cached(
+        MockAnswer::json(&body.to_string()),
+        "introspection_unavailable_bad_nbf",
+    );
+}
+
+#[test]
+fn a_whitespace_padded_sub_is_a_fault_and_never_cached() {
+    let body = json!({"active": true, "sub": format!(" {SUB} "), "exp": NOW + 600,
+        "token_type": "Bearer"});
+    assert_fault_not_cached(
+        MockAnswer::json(&body.to_string()),
+        "introspection_unavailable_bad_claim",
+    );
+}
+
+#[test]
+fn a_server_error_is_never_cached() {
+    assert_fault_not_cached(
+        MockAnswer::new(500, "application/json", r#"{"error":"server_error"}"#),
+        "introspection_unavailable_status_5xx",
+    );
+}
+
+#[test]
+fn a_body_that_is_not_json_is_never_cached() {
+    assert_fault_not_cached(
+        MockAnswer::json("<html>"),
+        "introspection_unavailable_not_json",
+    );
+}
+
+// ---- Faults --------------------------------------------------------------------------------
+
+#[test]
+fn a_callout_with_no_answer_is_callout_failed() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    let effects = vm.fail(vm.last_token());
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_callout_failed"
+    );
+    assert_eq!(vm.host.counter("introspection.callout.failed"), 1);
+    assert_eq!(vm.host.counter("introspection.denied.unavailable"), 1);
+    assert_eq!(
+        vm.host
+            .counter("introspection.denied.unavailable.callout_failed"),
+        1
+    );
+}
+
+#[test]
+fn envoys_504_after_the_timeout_is_a_timeout() {
+    let mut vm = Vm::plain(); // timeout: 5 s by default
+    vm.request(1, "tok");
+    vm.host.advance(6);
+    let effects = vm.answer(
+        vm.last_token(),
+        MockAnswer::new(504, "text/plain", "upstream request timeout"),
+    );
+    assert_eq!(details(&effects[0].1), "introspection_unavailable_timeout");
+    assert_eq!(
+        vm.host.histograms["introspection.callout.latency_ms"],
+        vec![6000]
+    );
+}
+
+#[test]
+fn a_quick_504_from_the_server_is_a_status_fault() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), MockAnswer::new(504, "text/plain", ""));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_status_5xx"
+    );
+}
+
+#[test]
+fn an_oversized_answer_is_refused_unread() {
+    let mut vm = Vm::new(config(json!({"max_response_bytes": 1024})));
+    vm.request(1, "tok");
+    let big = format!(r#"{{"active":true,"sub":"{}"}}"#, "a".repeat(2000));
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&big));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_too_large"
+    );
+}
+
+#[test]
+fn a_refused_dispatch_is_503_at_once() {
+    let mut vm = Vm::plain();
+    vm.host.dispatch_fails = true;
+    let step = vm.request(1, "tok");
+    assert_eq!(status(&step), 503);
+    assert_eq!(
+        step_details(&step),
+        "introspection_unavailable_dispatch_failed"
+    );
+}
+
+#[test]
+fn a_clock_failure_refuses_with_503_and_never_calls_out() {
+    let mut vm = Vm::plain();
+    vm.host.now = None;
+    let step = vm.request(1, "tok");
+    assert_eq!(status(&step), 503);
+    assert_eq!(step_details(&step), "introspection_unavailable_clock");
+    assert!(vm.host.dispatched.is_empty());
+}
+
+#[test]
+fn a_clock_failure_when_the_answer_comes_refuses_every_waiter() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.request(2, "tok");
+    vm.host.now = None;
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(effects.len(), 2);
+    assert!(effects
+        .iter()
+        .all(|(_, v)| details(v) == "introspection_unavailable_clock"));
+    assert_eq!(vm.host.counter("introspection.cache.store"), 0);
+}
+
+#[test]
+fn unreadable_request_headers_are_a_host_fault() {
+    let mut vm = Vm::plain();
+    vm.host.request_headers_fail = true;
+    let step = vm.request(1, "tok");
+    assert_eq!(step_details(&step), "introspection_unavailable_host_error");
+}
+
+#[test]
+fn the_answer_of_an_unknown_callout_is_ignored() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    assert!(vm
+        .answer(9999, MockAnswer::json(&active("mallory")))
+        .is_empty());
+    assert_eq!(vm.gate.paused(), 1);
+}
+
+#[test]
+fn an_unregistered_error_code_is_not_repeated() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    let effects = vm.answer(
+        vm.last_token(),
+        MockAnswer::new(400, "application/json", r#"{"error":"tok"}"#),
+    );
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_status_4xx"
+    );
+}
+
+// ---- Requests refused before any callout ---------------------------------------------------
+
+#[test]
+fn a_request_without_authorization_is_401_without_a_callout() {
+    let mut vm = Vm::plain();
+    let step = vm.request_with(1, &[(":path", b"/")]);
+    assert_eq!(status(&step), 401);
+    assert_eq!(step_details(&step), "introspection_missing");
+    assert!(vm.host.dispatched.is_empty());
+}
+
+#[test]
+fn a_malformed_authorization_is_400_without_a_callout() {
+    let mut vm = Vm::plain();
+    let step = vm.request_with(
+        1,
+        &[
+            ("authorization", b"Bearer a"),
+            ("authorization", b"Bearer b"),
+        ],
+    );
+    assert_eq!(status(&step), 400);
+    assert_eq!(
+        step_details(&step),
+        "introspection_malformed_several_headers"
+    );
+    let step = vm.request_with(2, &[("authorization", b"Basic dXNlcjpwYXNz")]);
+    assert_eq!(step_details(&step), "introspection_malformed_not_bearer");
+    assert!(vm.host.dispatched.is_empty());
+}
+
+#[test]
+fn the_callout_carries_the_token_and_the_client_credentials() {
+    let mut vm = Vm::plain();
+    vm.request(1, "a+b/c=");
+    let sent = vm.host.last().unwrap();
+    assert_eq!(sent.cluster, "as");
+    assert_eq!(sent.path(), "/api/v2/token/introspection");
+    assert_eq!(
+        String::from_utf8(sent.body.clone()).unwrap(),
+        "token=a%2Bb%2Fc%3D&client_id=sr&client_secret=secret"
+    );
+}
+
+// ---- Discovery -----------------------------------------------------------------------------
+
+fn discovery_doc() -> String {
+    json!({"issuer": ISS,
+        "introspection_endpoint": "https://as.example/api/v2/token/introspect2",
+        "jwks_uri": "https://as.example/api/v2/jwks"})
+    .to_string()
+}
+
+#[test]
+fn requests_before_discovery_get_503_not_configured() {
+    let mut vm = Vm::new(config(
+        json!({"discovery_path": "/.well-known/openid-configuration"}),
+    ));
+    assert_eq!(vm.host.sent_to("/.well-known/openid-configuration"), 1);
+    let step = vm.request(1, "tok");
+    assert_eq!(
+        step_details(&step),
+        "introspection_unavailable_not_configured"
+    );
+}
+
+#[test]
+fn discovery_is_retried_after_a_failure_then_used() {
+    let mut vm = Vm::new(config(
+        json!({"discovery_path": "/.well-known/openid-configuration"}),
+    ));
+    let first = vm.last_token();
+    vm.answer(first, MockAnswer::new(500, "text/plain", "down"));
+    vm.host.advance(4);
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/.well-known/openid-configuration"), 1);
+    vm.host.advance(1);
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/.well-known/openid-configuration"), 2);
+    vm.answer(vm.last_token(), MockAnswer::json(&discovery_doc()));
+    vm.request(1, "tok");
+    assert_eq!(vm.host.last().unwrap().path(), "/api/v2/token/introspect2");
+    // Discovery is not fetched again once loaded.
+    vm.host.advance(3600);
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/.well-known/openid-configuration"), 2);
+}
+
+// ---- Signed answers and the JWKS -----------------------------------------------------------
+
+fn fixture_keys() -> Value {
+    serde_json::from_str(include_str!("fixtures/ec-keys.json")).unwrap()
+}
+
+/// The public JWKS with the keys of these ids.
+fn jwks(kids: &[&str]) -> String {
+    let keys: Vec<Value> = fixture_keys()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+        .map(|k| {
+            let mut k = k.clone();
+            k.as_object_mut().unwrap().remove("d");
+            k
+        })
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+/// An RFC 9701 answer for `sub`, signed with the fixture key `kid`.
+fn signed(kid: &str, sub: &str) -> MockAnswer {
+    let all = fixture_keys();
+    let jwk = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap();
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": jwk["x"], "y": jwk["y"], "d": jwk["d"]})
+        .to_string();
+    let key = p256::ecdsa::SigningKey::from(p256::SecretKey::from_jwk_str(&jwk).unwrap());
+    let header = Header::empty()
+        .with_key_id(kid)
+        .with_token_type("token-introspection+jwt");
+    let mut claims = Claims::new(json!({"iss": ISS, "aud": "sr",
+        "token_introspection": serde_json::from_str::<Value>(&active(sub)).unwrap()}));
+    claims.issued_at = chrono::DateTime::from_timestamp(NOW, 0);
+    MockAnswer::new(200, JWT, Es256.token(&header, &claims, &key).unwrap())
+}
+
+/// A VM in ES256 mode that loaded a JWKS holding `ec-1`.
+fn signed_vm() -> Vm {
+    let mut vm = Vm::new(config(
+        json!({"signed_response_alg": "ES256", "issuer": ISS,
+        "jwks_path": "/jwks"}),
+    ));
+    assert_eq!(
+        vm.host.sent_to("/jwks"),
+        1,
+        "the VM fetches the JWKS at start"
+    );
+    vm.answer(vm.last_token(), MockAnswer::json(&jwks(&["ec-1"])));
+    assert_eq!(vm.host.counter("introspection.jwks.fetch_ok"), 1);
+    vm
+}
+
+#[test]
+fn a_signed_answer_with_a_known_key_is_allowed() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), signed("ec-1", SUB));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+}
+
+#[test]
+fn an_unknown_kid_has_the_vm_refetch_the_jwks_and_the_answer_judged_again() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    vm.request(2, "tok");
+    assert!(
+        vm.answer(vm.last_token(), signed("ec-2", SUB)).is_empty(),
+        "parked"
+    );
+    assert_eq!(
+        vm.host.sent_to("/jwks"),
+        1,
+        "the request does not fetch itself"
+    );
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/jwks"), 2, "the VM does");
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&jwks(&["ec-1", "ec-2"])));
+    assert_eq!(effects.len(), 2);
+    assert!(effects.iter().all(|(_, v)| allowed_sub(v) == Some(SUB)));
+}
+
+#[test]
+fn a_client_gone_during_the_refetch_abandons_nothing_and_the_new_key_serves_the_next() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    vm.answer(vm.last_token(), signed("ec-2", SUB));
+    vm.tick();
+    vm.done(1); // the client resets while the JWKS is being fetched
+    let jwks_token = vm.last_token();
+    let effects = vm.answer(jwks_token, MockAnswer::json(&jwks(&["ec-1", "ec-2"])));
+    assert!(effects.is_empty());
+    assert_eq!(vm.host.counter("introspection.jwks.fetch_ok"), 2);
+    // The next request signed with the new key passes, with no further JWKS fetch.
+    vm.request(3, "tok-3");
+    let effects = vm.answer(vm.last_token(), signed("ec-2", "u-3"));
+    assert_eq!(allowed_sub(&effects[0].1), Some("u-3"));
+    assert_eq!(vm.host.sent_to("/jwks"), 2);
+}
+
+#[test]
+fn answers_meeting_an_unknown_kid_during_a_refetch_wait_for_it() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok-a");
+    let a = vm.last_token();
+    vm.request(2, "tok-b");
+    let b = vm.last_token();
+    assert!(vm.answer(a, signed("ec-2", "u-a")).is_empty());
+    vm.tick(); // the JWKS fetch leaves
+    assert!(
+        vm.answer(b, signed("ec-2", "u-b")).is_empty(),
+        "waits, no 503"
+    );
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/jwks"), 2, "one fetch for both");
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&jwks(&["ec-1", "ec-2"])));
+    let subs: Vec<_> = effects.iter().map(|(_, v)| allowed_sub(v)).collect();
+    assert_eq!(subs.len(), 2);
+    assert!(subs.contains(&Some("u-a")) && subs.contains(&Some("u-b")));
+}
+
+#[test]
+fn a_kid_still_unknown_after_the_refetch_is_503() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    vm.answer(vm.last_token(), signed("ec-2", SUB));
+    vm.tick();
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&jwks(&["ec-1"])));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_unknown_kid"
+    );
+}
+
+#[test]
+fn a_failed_refetch_answers_the_waiting_requests_503() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    vm.answer(vm.last_token(), signed("ec-2", SUB));
+    vm.tick();
+    let effects = vm.fail(vm.last_token());
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_unknown_kid"
+    );
+    assert_eq!(vm.host.counter("introspection.jwks.fetch_failed"), 1);
+}
+
+#[test]
+fn unknown_kid_refetches_are_rate_limited() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok-1");
+    vm.answer(vm.last_token(), signed("ec-2", SUB));
+    vm.tick();
+    vm.answer(vm.last_token(), MockAnswer::json(&jwks(&["ec-1"])));
+    vm.host.advance(10); // within jwks_refetch_interval_secs (30)
+    vm.request(2, "tok-2");
+    let effects = vm.answer(vm.last_token(), signed("ec-2", SUB));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_unknown_kid"
+    );
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/jwks"), 2);
+}
+
+#[test]
+fn requests_before_any_jwks_wait_for_the_first_fetch() {
+    let mut vm = Vm::new(config(
+        json!({"signed_response_alg": "ES256", "issuer": ISS,
+        "jwks_path": "/jwks"}),
+    ));
+    let jwks_token = vm.last_token();
+    vm.request(1, "tok");
+    assert!(vm.answer(vm.last_token(), signed("ec-1", SUB)).is_empty());
+    let effects = vm.answer(jwks_token, MockAnswer::json(&jwks(&["ec-1"])));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    assert_eq!(vm.host.sent_to("/jwks"), 1);
+}
+
+#[test]
+fn a_tampered_signature_is_503_jwt_signature() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    let mut answer = signed("ec-1", SUB);
+    let last = answer.body.len() - 2;
+    answer.body[last] = if answer.body[last] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let effects = vm.answer(vm.last_token(), answer);
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_signature"
+    );
+}
+
+#[test]
+fn the_jwks_is_refreshed_on_its_timer() {
+    let mut vm = signed_vm();
+    vm.host.advance(599);
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/jwks"), 1);
+    vm.host.advance(1);
+    vm.tick();
+    assert_eq!(vm.host.sent_to("/jwks"), 2);
+}
+
+#[test]
+fn the_tick_returns_to_its_period_after_an_early_tick() {
+    let mut vm = Vm::plain();
+    assert_eq!(
+        vm.host.ticks,
+        vec![Duration::ZERO],
+        "plain mode does not tick"
+    );
+    vm.request(1, "tok");
+    vm.request(2, "tok");
+    vm.done(1);
+    vm.tick();
+    assert_eq!(
+        vm.host.ticks,
+        vec![Duration::ZERO, Duration::from_millis(1), Duration::ZERO]
+    );
+}
