@@ -236,6 +236,7 @@ async fn stats(State(st): State<Arc<AppState>>) -> Response {
         &serde_json::json!({
             "introspections": st.introspections.load(Ordering::Relaxed),
             "jwks_requests": st.jwks_requests.load(Ordering::Relaxed),
+            "jwks_held": st.jwks_held.load(Ordering::Relaxed),
         }),
     )
 }
@@ -282,14 +283,27 @@ async fn retire(State(st): State<Arc<AppState>>) -> Response {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Availability {
-    available: bool,
+    available: Option<bool>,
+    /// Hold JWKS requests until this is set back to false.
+    hold: Option<bool>,
 }
 
 async fn jwks_availability(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     match parse::<Availability>(&body) {
         Ok(req) => {
-            st.jwks_available.store(req.available, Ordering::Relaxed);
-            json_response(200, &serde_json::json!({ "available": req.available }))
+            if let Some(available) = req.available {
+                st.jwks_available.store(available, Ordering::Relaxed);
+            }
+            if let Some(hold) = req.hold {
+                st.jwks_hold.send_replace(hold);
+            }
+            json_response(
+                200,
+                &serde_json::json!({
+                    "available": st.jwks_available.load(Ordering::Relaxed),
+                    "hold": *st.jwks_hold.borrow(),
+                }),
+            )
         }
         Err(message) => error(400, &message),
     }

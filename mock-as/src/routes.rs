@@ -50,6 +50,10 @@ pub struct AppState {
     throwaway: tokio::sync::OnceCell<KeyPair>,
     /// When false, the JWKS answers 503.
     pub jwks_available: AtomicBool,
+    /// While true, JWKS requests wait (up to [`HOLD_LIMIT`]) until it turns false.
+    pub jwks_hold: tokio::sync::watch::Sender<bool>,
+    /// JWKS requests waiting on the hold now.
+    pub jwks_held: AtomicU64,
     /// Requests received by the introspection endpoint.
     pub introspections: AtomicU64,
     /// Requests received by the JWKS endpoint.
@@ -81,6 +85,8 @@ impl AppState {
             keys: RwLock::new(Arc::new(keys)),
             throwaway: tokio::sync::OnceCell::new(),
             jwks_available: AtomicBool::new(true),
+            jwks_hold: tokio::sync::watch::channel(false).0,
+            jwks_held: AtomicU64::new(0),
             introspections: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
             discovery,
@@ -292,8 +298,18 @@ async fn discovery(State(st): State<Arc<AppState>>) -> Response {
     respond(200, JSON, PUBLIC_600, st.discovery().to_vec())
 }
 
+/// The longest a held request waits for its release.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
+
 async fn jwks(State(st): State<Arc<AppState>>) -> Response {
     st.jwks_requests.fetch_add(1, Ordering::Relaxed);
+    let mut hold = st.jwks_hold.subscribe();
+    if *hold.borrow_and_update() {
+        st.jwks_held.fetch_add(1, Ordering::Relaxed);
+        let released = hold.wait_for(|held| !*held);
+        let _ = tokio::time::timeout(HOLD_LIMIT, released).await;
+        st.jwks_held.fetch_sub(1, Ordering::Relaxed);
+    }
     if !st.jwks_available.load(Ordering::Relaxed) {
         let error = OAuthError {
             status: 503,
