@@ -17,62 +17,34 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::claims::{unix_seconds, Claims};
+pub use crate::config::CachePolicy;
 use crate::config::Config;
-use crate::decision::{unix_seconds, Claims};
 
-/// Cache settings (`cache` in the configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachePolicy {
-    /// Number of slots; 0 disables the cache.
-    pub max_entries: u32,
-    /// Longest life of an active entry, seconds.
-    pub max_ttl: i64,
-    /// Life of an active answer that carries no expiry; 0: not cached.
-    pub no_exp_ttl: i64,
-    /// Life of an inactive answer; 0: not cached.
-    pub inactive_ttl: i64,
-}
-
-impl Default for CachePolicy {
-    fn default() -> Self {
-        CachePolicy {
-            max_entries: 10_000,
-            max_ttl: 60,
-            no_exp_ttl: 0,
-            inactive_ttl: 10,
-        }
+/// Until when an answer with these claims may be served from the cache (unix seconds),
+/// or `None` if it must not be stored. `claims` are verified claims.
+pub fn expires_at(config: &Config, claims: &Claims, now: i64) -> Option<i64> {
+    let policy = &config.cache;
+    if !policy.enabled() {
+        return None;
     }
-}
-
-impl CachePolicy {
-    pub fn enabled(&self) -> bool {
-        self.max_entries > 0
-    }
-
-    /// Until when an answer with these claims may be served from the cache (unix seconds),
-    /// or `None` if it must not be stored. `claims` are verified claims.
-    pub fn expires_at(&self, config: &Config, claims: &Claims, now: i64) -> Option<i64> {
-        if !self.enabled() {
-            return None;
-        }
-        let until = match claims.get("active") {
-            Some(Value::Bool(true)) => match claims.get(&config.expiry_claim) {
-                Some(v) => {
-                    let exp = unix_seconds(v)?;
-                    exp.min(now.saturating_add(self.max_ttl))
-                }
-                None if self.no_exp_ttl > 0 => {
-                    now.saturating_add(self.no_exp_ttl.min(self.max_ttl))
-                }
-                None => return None,
-            },
-            Some(Value::Bool(false)) if self.inactive_ttl > 0 => {
-                now.saturating_add(self.inactive_ttl)
+    let until = match claims.get("active") {
+        Some(Value::Bool(true)) => match claims.get(&config.expiry_claim) {
+            Some(v) => {
+                let exp = unix_seconds(v)?;
+                exp.min(now.saturating_add(policy.max_ttl))
             }
-            _ => return None,
-        };
-        (until > now).then_some(until)
-    }
+            None if policy.no_exp_ttl > 0 => {
+                now.saturating_add(policy.no_exp_ttl.min(policy.max_ttl))
+            }
+            None => return None,
+        },
+        Some(Value::Bool(false)) if policy.inactive_ttl > 0 => {
+            now.saturating_add(policy.inactive_ttl)
+        }
+        _ => return None,
+    };
+    (until > now).then_some(until)
 }
 
 /// Where an entry lives and how it is recognised.
@@ -354,6 +326,13 @@ mod tests {
         }
     }
 
+    /// `expires_at` under policy `p`.
+    fn expiry(p: &CachePolicy, c: &Config, claims: &Claims) -> Option<i64> {
+        let mut c = c.clone();
+        c.cache = p.clone();
+        expires_at(&c, claims, NOW)
+    }
+
     fn claims(v: Value) -> Claims {
         v.as_object().unwrap().clone()
     }
@@ -363,13 +342,13 @@ mod tests {
         let c = config();
         let p = policy();
         let soon = claims(json!({"active": true, "sub": "u", "exp": NOW + 30}));
-        assert_eq!(p.expires_at(&c, &soon, NOW), Some(NOW + 30));
+        assert_eq!(expiry(&p, &c, &soon), Some(NOW + 30));
         let later = claims(json!({"active": true, "sub": "u", "exp": NOW + 3600}));
-        assert_eq!(p.expires_at(&c, &later, NOW), Some(NOW + 300));
+        assert_eq!(expiry(&p, &c, &later), Some(NOW + 300));
         let expired = claims(json!({"active": true, "sub": "u", "exp": NOW}));
-        assert_eq!(p.expires_at(&c, &expired, NOW), None);
+        assert_eq!(expiry(&p, &c, &expired), None);
         let bad_exp = claims(json!({"active": true, "sub": "u", "exp": "x"}));
-        assert_eq!(p.expires_at(&c, &bad_exp, NOW), None);
+        assert_eq!(expiry(&p, &c, &bad_exp), None);
     }
 
     #[test]
@@ -377,23 +356,23 @@ mod tests {
         let c = config();
         let mut p = policy();
         let no_exp = claims(json!({"active": true, "sub": "u"}));
-        assert_eq!(p.expires_at(&c, &no_exp, NOW), None, "0 = not cached");
+        assert_eq!(expiry(&p, &c, &no_exp), None, "0 = not cached");
         p.no_exp_ttl = 20;
-        assert_eq!(p.expires_at(&c, &no_exp, NOW), Some(NOW + 20));
+        assert_eq!(expiry(&p, &c, &no_exp), Some(NOW + 20));
         p.no_exp_ttl = 1000;
         assert_eq!(
-            p.expires_at(&c, &no_exp, NOW),
+            expiry(&p, &c, &no_exp),
             Some(NOW + 300),
             "bounded by max_ttl"
         );
         let inactive = claims(json!({"active": false}));
-        assert_eq!(p.expires_at(&c, &inactive, NOW), Some(NOW + 10));
+        assert_eq!(expiry(&p, &c, &inactive), Some(NOW + 10));
         p.inactive_ttl = 0;
-        assert_eq!(p.expires_at(&c, &inactive, NOW), None);
+        assert_eq!(expiry(&p, &c, &inactive), None);
         let garbage = claims(json!({"active": "yes"}));
-        assert_eq!(p.expires_at(&c, &garbage, NOW), None);
+        assert_eq!(expiry(&p, &c, &garbage), None);
         p.max_entries = 0;
-        assert_eq!(p.expires_at(&c, &no_exp, NOW), None);
+        assert_eq!(expiry(&p, &c, &no_exp), None);
     }
 
     #[test]

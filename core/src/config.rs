@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::cache::CachePolicy;
 use crate::jwt::{KeySet, SigningAlg};
 use crate::secret::Secret;
 
@@ -193,6 +192,36 @@ fn default_max_token_length() -> usize {
 }
 fn default_max_response_bytes() -> usize {
     64 * 1024
+}
+
+/// Cache settings (`cache` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Number of slots; 0 disables the cache.
+    pub max_entries: u32,
+    /// Longest life of an active entry, seconds.
+    pub max_ttl: i64,
+    /// Life of an active answer that carries no expiry; 0: not cached.
+    pub no_exp_ttl: i64,
+    /// Life of an inactive answer; 0: not cached.
+    pub inactive_ttl: i64,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            max_entries: 10_000,
+            max_ttl: 60,
+            no_exp_ttl: 0,
+            inactive_ttl: 10,
+        }
+    }
+}
+
+impl CachePolicy {
+    pub fn enabled(&self) -> bool {
+        self.max_entries > 0
+    }
 }
 
 /// The validated configuration the filter runs with.

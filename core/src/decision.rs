@@ -1,13 +1,12 @@
 //! From an introspection answer to a decision. Pure: time is an argument.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::bearer::Malformed;
 use crate::config::Config;
 use crate::fault::{Fault, Unusable};
 
-/// Claims of one introspection answer (the JSON object, or RFC 9701's `token_introspection`).
-pub type Claims = Map<String, Value>;
+pub use crate::claims::{unix_seconds, Claims};
 
 /// What to do with the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,23 +237,6 @@ fn identity_value(s: &str) -> Option<String> {
     }
 }
 
-/// A unix time: a JSON integer (or a float, truncated), or a string of digits (some PHP servers).
-pub fn unix_seconds(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && f.abs() < 1e15)
-                .map(|f| f as i64)
-        }),
-        Value::String(s)
-            if !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            s.parse().ok()
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,15 +399,5 @@ mod tests {
 
         a.insert("groups".into(), json!({"x": 1}));
         assert_eq!(evaluate(&c, &a, NOW).kind(), "unavailable");
-    }
-
-    #[test]
-    fn unix_seconds_forms() {
-        assert_eq!(unix_seconds(&json!(5)), Some(5));
-        assert_eq!(unix_seconds(&json!(5.9)), Some(5));
-        assert_eq!(unix_seconds(&json!("17")), Some(17));
-        assert_eq!(unix_seconds(&json!("-1")), None);
-        assert_eq!(unix_seconds(&json!(null)), None);
-        assert_eq!(unix_seconds(&json!(1e300)), None);
     }
 }

@@ -350,7 +350,7 @@ impl Gate {
     /// Stores the claims of a definite decision, if the policy allows, replacing whatever the
     /// slot held. Compare-and-swap, with one retry if another worker wrote the slot in between.
     fn store<H: Host>(&mut self, key: &CacheKey, claims: &Claims, now: i64, host: &mut H) {
-        let Some(expires_at) = self.config.cache.expires_at(&self.config, claims, now) else {
+        let Some(expires_at) = cache::expires_at(&self.config, claims, now) else {
             return;
         };
         let kept = cache::kept_claims(&self.config, claims);

@@ -12,7 +12,7 @@ use rsa::BigUint;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::decision::Claims;
+use crate::claims::Claims;
 
 /// The algorithm the SR registered with ProConnect (`introspection_signed_response_alg`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -7,6 +7,7 @@
 pub mod bearer;
 pub mod cache;
 pub mod callout;
+pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod discovery;

@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 use crate::callout::ACCEPT_JWT;
+use crate::claims::Claims;
 use crate::config::{Config, KeySource};
-use crate::decision::Claims;
 use crate::discovery::Endpoints;
 use crate::jwt::{self, Expectations, KeySet, Keys, VerifyError};
 
