@@ -19,13 +19,13 @@ pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         let at = 4 + n * 8;
         let name_len = read_u32(bytes, at)? as usize;
         let value_len = read_u32(bytes, at + 4)? as usize;
-        let name = bytes.get(data..data.checked_add(name_len)?)?;
-        data = data.checked_add(name_len)?.checked_add(1)?;
-        let value = bytes.get(data..data.checked_add(value_len)?)?;
-        data = data.checked_add(value_len)?.checked_add(1)?;
+        let (name, after_name) = field(bytes, data, name_len)?;
+        let (value, after_value) = field(bytes, after_name, value_len)?;
+        data = after_value;
         pairs.push((name, value));
     }
-    Some(pairs)
+    // Every byte accounted for: nothing may follow the last pair.
+    (data == bytes.len()).then_some(pairs)
 }
 
 /// Serializes (name, value) pairs into the proxy-wasm header map layout.
@@ -53,6 +53,17 @@ fn len32(n: usize) -> [u8; 4] {
     u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
 }
 
+/// `len` bytes at `at`, which must be followed by their NUL separator; returns them and where
+/// the next field starts.
+fn field(bytes: &[u8], at: usize, len: usize) -> Option<(&[u8], usize)> {
+    let end = at.checked_add(len)?;
+    let value = bytes.get(at..end)?;
+    match bytes.get(end) {
+        Some(0) => Some((value, end + 1)),
+        _ => None,
+    }
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let slice = bytes.get(at..at.checked_add(4)?)?;
     let array: [u8; 4] = slice.try_into().ok()?;
@@ -77,11 +88,32 @@ mod tests {
     #[test]
     fn truncated_or_lying_input_is_refused() {
         let good = encode_pairs(&[(b"a", b"b")]);
-        for cut in 1..good.len() - 1 {
+        for cut in 1..good.len() {
             assert!(decode_pairs(&good[..cut]).is_none(), "cut at {cut}");
         }
         let mut huge = good.clone();
         huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_pairs(&huge).is_none());
+    }
+
+    #[test]
+    fn a_missing_separator_is_refused() {
+        let good = encode_pairs(&[(b"ab", b"cd")]);
+        // Layout: count, two lengths, then `ab\0cd\0`.
+        let name_nul = 4 + 8 + 2;
+        let mut bad = good.clone();
+        bad[name_nul] = b'x';
+        assert!(decode_pairs(&bad).is_none(), "name separator");
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] = b'x';
+        assert!(decode_pairs(&bad).is_none(), "value separator");
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut long = encode_pairs(&[(b"a", b"b")]);
+        long.push(0);
+        assert!(decode_pairs(&long).is_none());
     }
 }

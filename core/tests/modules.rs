@@ -55,7 +55,14 @@ fn the_module_graph_has_no_cycle() {
 #[test]
 fn leaves_import_nothing_of_the_crate() {
     let graph = imports();
-    for leaf in ["claims", "bearer", "headers", "schedule", "secret", "discovery"] {
+    for leaf in [
+        "claims",
+        "bearer",
+        "headers",
+        "schedule",
+        "secret",
+        "discovery",
+    ] {
         assert_eq!(graph[leaf], BTreeSet::new(), "{leaf}");
     }
 }
