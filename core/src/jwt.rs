@@ -351,30 +351,78 @@ mod tests {
         jwks: Vec<u8>,
     }
 
+    /// The RFC reference vectors (core/tests/fixtures/rfc-vectors.json).
+    fn vectors() -> Value {
+        serde_json::from_str(include_str!("../tests/fixtures/rfc-vectors.json")).unwrap()
+    }
+
+    /// Signing keys from RFC 7515 A.2 (RSA) and A.3 (P-256): fixed, never generated.
     fn fixture() -> &'static Fixture {
         static F: OnceLock<Fixture> = OnceLock::new();
         F.get_or_init(|| {
-            let mut rng = rand::rngs::OsRng;
-            let rsa = RsaPrivateKey::new(&mut rng, 2048).unwrap();
-            let ec = p256::ecdsa::SigningKey::random(&mut rng);
-            let mut rsa_jwk = serde_json::to_value(JsonWebKey::from(&rsa.to_public_key())).unwrap();
-            rsa_jwk["kid"] = json!("rsa-1");
-            rsa_jwk["use"] = json!("sig");
-            rsa_jwk["alg"] = json!("RS256");
-            let point = ec.verifying_key().to_encoded_point(false);
-            let b64 = |b: &[u8]| {
-                use base64::Engine as _;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+            let v = vectors();
+            let rsa_jwk: JsonWebKey<'_> =
+                serde_json::from_value(v["rfc7515_a2_rsa_private"].clone()).unwrap();
+            let rsa = RsaPrivateKey::try_from(&rsa_jwk).unwrap();
+            let ec_private = v["rfc7515_a3_ec_private"].to_string();
+            let ec =
+                p256::ecdsa::SigningKey::from(p256::SecretKey::from_jwk_str(&ec_private).unwrap());
+            let public = |jwk: &Value, kid: &str, alg: &str| {
+                let mut jwk = jwk.clone();
+                for private in ["d", "p", "q", "dp", "dq", "qi"] {
+                    jwk.as_object_mut().unwrap().remove(private);
+                }
+                jwk["kid"] = json!(kid);
+                jwk["use"] = json!("sig");
+                jwk["alg"] = json!(alg);
+                jwk
             };
-            let ec_jwk = json!({"kty":"EC","crv":"P-256","kid":"ec-1","use":"sig","alg":"ES256",
-                "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())});
-            let jwks = json!({"keys":[rsa_jwk, ec_jwk, {"kty":"oct","k":"AAAA"}]}).to_string();
+            let jwks = json!({"keys": [
+                public(&v["rfc7515_a2_rsa_private"], "rsa-1", "RS256"),
+                public(&v["rfc7515_a3_ec_private"], "ec-1", "ES256"),
+                {"kty":"oct","k":"AAAA"}]})
+            .to_string();
             Fixture {
                 rsa,
                 ec,
                 jwks: jwks.into_bytes(),
             }
         })
+    }
+
+    #[test]
+    fn rfc7515_a3_es256_vector_verifies_with_a_key_built_from_its_jwk_members() {
+        let v = vectors();
+        let mut jwk = v["rfc7515_a3_ec_private"].clone();
+        jwk.as_object_mut().unwrap().remove("d");
+        let set = KeySet::from_jwks(json!({ "keys": [jwk] }).to_string().as_bytes()).unwrap();
+        let key = KeySet::select(&set.ec, None).unwrap();
+        let jws = v["rfc7515_a3_es256_jws"].as_str().unwrap();
+        let token = UntrustedToken::new(jws).unwrap();
+        let checked = Es256.validator::<Value>(key).validate(&token).unwrap();
+        assert_eq!(checked.claims().custom["iss"], "joe");
+        // As an introspection answer it is refused, for exactly its missing `typ`.
+        let expect = Expectations {
+            alg: SigningAlg::ES256,
+            issuer: "joe",
+            client_id: "sr",
+            now: 1_300_819_000,
+            leeway: 30,
+            max_age: 120,
+        };
+        assert_eq!(
+            verify(jws.as_bytes(), Keys::Jwks(&set), &expect),
+            Err(VerifyError::Typ)
+        );
+    }
+
+    #[test]
+    fn rfc7517_a1_jwks_keeps_the_rsa_signing_key_and_skips_the_encryption_key() {
+        let jwks = vectors()["rfc7517_a1_public_jwks"].to_string();
+        let set = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        assert_eq!((set.rsa.len(), set.ec.len(), set.skipped), (1, 0, 1));
+        assert!(KeySet::select(&set.rsa, Some("2011-04-29")).is_some());
+        assert!(KeySet::select(&set.rsa, Some("another")).is_none());
     }
 
     fn payload(active: bool) -> Value {
@@ -438,8 +486,14 @@ mod tests {
     fn jwks_parsing_keeps_usable_keys() {
         let set = KeySet::from_jwks(&fixture().jwks).unwrap();
         assert_eq!((set.rsa.len(), set.ec.len(), set.skipped), (1, 1, 1));
-        assert!(KeySet::from_jwks(b"{}").is_err());
-        assert!(KeySet::from_jwks(b"nope").is_err());
+        assert_eq!(
+            KeySet::from_jwks(b"{}").err(),
+            Some("JWKS has no `keys` array")
+        );
+        assert_eq!(
+            KeySet::from_jwks(b"nope").err(),
+            Some("JWKS is not valid JSON")
+        );
         let weak = json!({"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}).to_string();
         assert!(KeySet::from_jwks(weak.as_bytes()).unwrap().is_empty());
     }
@@ -518,14 +572,20 @@ mod tests {
             engine.encode(claims.to_string()),
             parts[2]
         );
-        assert!(check(SigningAlg::RS256, &forged).is_err());
+        assert_eq!(
+            check(SigningAlg::RS256, &forged),
+            Err(VerifyError::Signature)
+        );
         // alg none.
         let none_header = engine.encode(r#"{"alg":"none","typ":"token-introspection+jwt"}"#);
         let none = format!("{none_header}.{}.", parts[1]);
-        assert!(check(SigningAlg::RS256, &none).is_err());
+        assert_eq!(check(SigningAlg::RS256, &none), Err(VerifyError::Alg));
         // Garbage.
-        assert!(check(SigningAlg::RS256, "not.a.jws").is_err());
-        assert!(check(SigningAlg::RS256, "").is_err());
+        assert_eq!(
+            check(SigningAlg::RS256, "not.a.jws"),
+            Err(VerifyError::Format)
+        );
+        assert_eq!(check(SigningAlg::RS256, ""), Err(VerifyError::Format));
     }
 
     #[test]
@@ -548,7 +608,7 @@ mod tests {
             payload(true),
             Some(NOW),
         );
-        assert!(check(SigningAlg::RS256, &es).is_err());
+        assert_eq!(check(SigningAlg::RS256, &es), Err(VerifyError::Alg));
     }
 
     #[test]
@@ -562,7 +622,10 @@ mod tests {
         );
         let mut p = payload(true);
         p["aud"] = json!("another-sr");
-        assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_err());
+        assert_eq!(
+            check(alg, &sign(alg, None, TYP, p, Some(NOW))),
+            Err(VerifyError::Audience)
+        );
         let mut p = payload(true);
         p["aud"] = json!(["another-sr", "sr-client"]);
         assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_ok());
@@ -581,10 +644,16 @@ mod tests {
         );
         let mut p = payload(true);
         p["token_introspection"] = json!({"active": "yes"});
-        assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_err());
+        assert_eq!(
+            check(alg, &sign(alg, None, TYP, p, Some(NOW))),
+            Err(VerifyError::NotIntrospection)
+        );
         let mut p = payload(true);
         p.as_object_mut().unwrap().remove("token_introspection");
-        assert!(check(alg, &sign(alg, None, TYP, p, Some(NOW))).is_err());
+        assert_eq!(
+            check(alg, &sign(alg, None, TYP, p, Some(NOW))),
+            Err(VerifyError::NotIntrospection)
+        );
         // Wrong secret.
         let other = Hs256
             .token(
@@ -597,7 +666,7 @@ mod tests {
                 &Hs256Key::new(b"another-secret"),
             )
             .unwrap();
-        assert!(check(alg, &other).is_err());
+        assert_eq!(check(alg, &other), Err(VerifyError::Signature));
     }
 
     #[test]
