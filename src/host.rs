@@ -18,50 +18,35 @@ use introspection_core::HostError;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status, StreamType};
 
+// The raw ABI (proxy-wasm 0.2.1). Out-pointers are named `out_*`; `(p, n)` pairs are
+// pointer and length.
+#[rustfmt::skip]
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_get_header_map_pairs(
-        map_type: MapType,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> Status;
-    fn proxy_get_header_map_value(
-        map_type: MapType,
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> Status;
-    fn proxy_get_buffer_bytes(
-        buffer_type: BufferType,
-        start: usize,
-        max_size: usize,
-        return_buffer_data: *mut *mut u8,
-        return_buffer_size: *mut usize,
-    ) -> Status;
-    fn proxy_replace_header_map_value(
-        map_type: MapType,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> Status;
-    fn proxy_remove_header_map_value(
-        map_type: MapType,
-        key_data: *const u8,
-        key_size: usize,
-    ) -> Status;
-    fn proxy_send_local_response(
-        status_code: u32,
-        status_code_details_data: *const u8,
-        status_code_details_size: usize,
-        body_data: *const u8,
-        body_size: usize,
-        headers_data: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> Status;
-    fn proxy_continue_stream(stream_type: StreamType) -> Status;
+    fn proxy_get_header_map_pairs(map: MapType, out_p: *mut *mut u8, out_n: *mut usize) -> Status;
+    fn proxy_get_header_map_value(map: MapType, key_p: *const u8, key_n: usize,
+        out_p: *mut *mut u8, out_n: *mut usize) -> Status;
+    fn proxy_get_buffer_bytes(kind: BufferType, start: usize, max: usize,
+        out_p: *mut *mut u8, out_n: *mut usize) -> Status;
+    fn proxy_replace_header_map_value(map: MapType, key_p: *const u8, key_n: usize,
+        value_p: *const u8, value_n: usize) -> Status;
+    fn proxy_remove_header_map_value(map: MapType, key_p: *const u8, key_n: usize) -> Status;
+    fn proxy_send_local_response(status: u32, details_p: *const u8, details_n: usize,
+        body_p: *const u8, body_n: usize, headers_p: *const u8, headers_n: usize,
+        grpc_status: i32) -> Status;
+    fn proxy_continue_stream(stream: StreamType) -> Status;
+    fn proxy_get_shared_data(key_p: *const u8, key_n: usize, out_p: *mut *mut u8,
+        out_n: *mut usize, out_cas: *mut u32) -> Status;
+    fn proxy_set_shared_data(key_p: *const u8, key_n: usize, value_p: *const u8,
+        value_n: usize, cas: u32) -> Status;
+    fn proxy_define_metric(kind: MetricType, name_p: *const u8, name_n: usize,
+        out_id: *mut u32) -> Status;
+    fn proxy_increment_metric(id: u32, offset: i64) -> Status;
+    fn proxy_record_metric(id: u32, value: u64) -> Status;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+    fn proxy_get_current_time_nanoseconds(out: *mut u64) -> Status;
+    fn proxy_get_log_level(out: *mut u32) -> Status;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
 }
 
 /// Takes ownership of memory the host allocated through the SDK's `proxy_on_memory_allocate`
@@ -81,17 +66,6 @@ fn ok(status: Status) -> Result<(), Status> {
     match status {
         Status::Ok => Ok(()),
         other => Err(other),
-    }
-}
-
-/// The serialized header map (decode it with `introspection_core::headers::decode_pairs`).
-pub fn header_pairs(map: MapType) -> Result<Vec<u8>, Status> {
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: out-pointers are valid locals; the host fills them with an allocation of ours.
-    unsafe {
-        ok(proxy_get_header_map_pairs(map, &mut data, &mut size))?;
-        Ok(owned(data, size))
     }
 }
 
@@ -175,52 +149,6 @@ pub fn resume_request() -> Result<(), Status> {
     unsafe { ok(proxy_continue_stream(StreamType::HttpRequest)) }
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-        return_cas: *mut u32,
-    ) -> Status;
-    fn proxy_set_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-        cas: u32,
-    ) -> Status;
-    fn proxy_define_metric(
-        metric_type: MetricType,
-        name_data: *const u8,
-        name_size: usize,
-        return_id: *mut u32,
-    ) -> Status;
-    fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
-    fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
-    fn proxy_set_effective_context(context_id: u32) -> Status;
-    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
-    fn proxy_get_log_level(return_level: *mut u32) -> Status;
-    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
-}
-
-/// The host's wall clock, in unix seconds.
-pub fn now_unix() -> Result<i64, Status> {
-    let mut nanos = 0u64;
-    // SAFETY: valid out-pointer.
-    unsafe { ok(proxy_get_current_time_nanoseconds(&mut nanos))? };
-    i64::try_from(nanos / 1_000_000_000).map_err(|_| Status::InternalFailure)
-}
-
-/// The host's wall clock, in nanoseconds (for durations).
-pub fn now_nanos() -> Option<u64> {
-    let mut nanos = 0u64;
-    // SAFETY: valid out-pointer.
-    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
-    (status == Status::Ok).then_some(nanos)
-}
-
 /// Envoy's log level for wasm, as a proxy-wasm level; `None` when logging is off (Envoy
 /// answers 6, which the SDK's `LogLevel` cannot hold) or unknown.
 pub fn log_level() -> Option<proxy_wasm::types::LogLevel> {
@@ -241,52 +169,12 @@ pub fn log_level() -> Option<proxy_wasm::types::LogLevel> {
     })
 }
 
-/// A shared-data value and its CAS token; `None` if the key does not exist.
-pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
-    let mut data = null_mut();
-    let mut size = 0;
-    let mut cas = 0;
-    // SAFETY: out-pointers are valid locals; `key` outlives the call.
-    unsafe {
-        match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
-            Status::Ok => Ok(Some((owned(data, size), cas))),
-            Status::NotFound => Ok(None),
-            other => Err(other),
-        }
-    }
-}
-
-/// Writes a shared-data value; `cas` 0 writes unconditionally, otherwise the write fails with
-/// `CasMismatch` if the value changed since it was read.
-pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
-    // SAFETY: pointers to live slices, lengths match.
-    unsafe {
-        ok(proxy_set_shared_data(
-            key.as_ptr(),
-            key.len(),
-            value.as_ptr(),
-            value.len(),
-            cas,
-        ))
-    }
-}
-
 /// Defines (or finds) a metric; `None` if the host refuses.
 pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
     let mut id = 0;
     // SAFETY: `name` outlives the call; `id` is a valid out-pointer.
     let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
     (status == Status::Ok).then_some(id)
-}
-
-pub fn increment_metric(id: u32, by: i64) {
-    // SAFETY: no pointers. A failure only loses a count.
-    let _ = unsafe { proxy_increment_metric(id, by) };
-}
-
-pub fn record_metric(id: u32, value: u64) {
-    // SAFETY: no pointers. A failure only loses a sample.
-    let _ = unsafe { proxy_record_metric(id, value) };
 }
 
 /// Makes later host calls act on another request of this VM.
@@ -340,15 +228,28 @@ impl Envoy {
 
 impl Host for Envoy {
     fn now_unix(&self) -> Result<i64, HostError> {
-        now_unix().map_err(host_error)
+        let nanos = self
+            .now_nanos()
+            .ok_or(HostError::Status(Status::InternalFailure as u32))?;
+        i64::try_from(nanos / 1_000_000_000).map_err(|_| HostError::Status(0))
     }
 
     fn now_nanos(&self) -> Option<u64> {
-        now_nanos()
+        let mut nanos = 0u64;
+        // SAFETY: valid out-pointer.
+        let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+        (status == Status::Ok).then_some(nanos)
     }
 
     fn request_headers(&self) -> Result<Vec<u8>, HostError> {
-        header_pairs(MapType::HttpRequestHeaders).map_err(host_error)
+        let (mut data, mut size) = (null_mut(), 0);
+        // SAFETY: out-pointers are valid locals; the host fills them with an allocation of ours.
+        unsafe {
+            let status =
+                proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size);
+            ok(status).map_err(host_error)?;
+            Ok(owned(data, size))
+        }
     }
 
     fn dispatch(
@@ -376,22 +277,36 @@ impl Host for Envoy {
     }
 
     fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        shared_data(key).map_err(host_error)
+        let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+        // SAFETY: out-pointers are valid locals; `key` outlives the call.
+        unsafe {
+            match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
+                Status::Ok => Ok(Some((owned(data, size), cas))),
+                Status::NotFound => Ok(None),
+                other => Err(host_error(other)),
+            }
+        }
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
-        set_shared_data(key, value, cas).map_err(host_error)
+        let (k, v) = (key.as_bytes(), value);
+        // SAFETY: pointers to live slices, lengths match.
+        let status =
+            unsafe { proxy_set_shared_data(k.as_ptr(), k.len(), v.as_ptr(), v.len(), cas) };
+        ok(status).map_err(host_error)
     }
 
     fn count(&mut self, counter: Counter) {
         if let Some(id) = self.counter(counter) {
-            increment_metric(id, 1);
+            // SAFETY: no pointers. A failure only loses a count.
+            let _ = unsafe { proxy_increment_metric(id, 1) };
         }
     }
 
     fn record(&mut self, histogram: Histogram, value: u64) {
         if let Some(id) = self.histogram(histogram) {
-            record_metric(id, value);
+            // SAFETY: no pointers. A failure only loses a sample.
+            let _ = unsafe { proxy_record_metric(id, value) };
         }
     }
 

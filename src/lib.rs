@@ -41,13 +41,18 @@ struct Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
-        if let Some(vm) = &self.vm {
-            let effects = {
-                let Vm { gate, host } = &mut *vm.borrow_mut();
-                gate.on_callout_response(token, headers, body, host)
-            };
-            apply_effects(vm, self.id, effects);
-        }
+        deliver(self.vm.as_ref(), self.id, token, headers, body);
+    }
+}
+
+/// A callout answer, whichever context the SDK hands it to: the gate knows what it was for.
+fn deliver(vm: Option<&VmRef>, current: u32, token: u32, headers: usize, body: usize) {
+    if let Some(vm) = vm {
+        let effects = {
+            let Vm { gate, host } = &mut *vm.borrow_mut();
+            gate.on_callout_response(token, headers, body, host)
+        };
+        apply_effects(vm, current, effects);
     }
 }
 
@@ -120,13 +125,7 @@ struct Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
-        if let Some(vm) = &self.vm {
-            let effects = {
-                let Vm { gate, host } = &mut *vm.borrow_mut();
-                gate.on_callout_response(token, headers, body, host)
-            };
-            apply_effects(vm, self.id, effects);
-        }
+        deliver(self.vm.as_ref(), self.id, token, headers, body);
     }
 
     fn on_done(&mut self) -> bool {
