@@ -38,12 +38,10 @@ pub fn introspection_request(
     token: &str,
     accept: &'static str,
 ) -> Callout {
-    let mut body = String::with_capacity(token.len() + 128);
-    body.push_str("token=");
-    form_encode_into(&mut body, token);
+    let mut form = form_urlencoded::Serializer::new(String::with_capacity(token.len() + 128));
+    form.append_pair("token", token);
     if let Some(hint) = &config.token_type_hint {
-        body.push_str("&token_type_hint=");
-        form_encode_into(&mut body, hint);
+        form.append_pair("token_type_hint", hint);
     }
     let mut headers = vec![
         (":method", "POST".to_string()),
@@ -57,10 +55,8 @@ pub fn introspection_request(
     ];
     match config.client_auth {
         ClientAuth::ClientSecretPost => {
-            body.push_str("&client_id=");
-            form_encode_into(&mut body, &config.client_id);
-            body.push_str("&client_secret=");
-            form_encode_into(&mut body, config.client_secret.expose());
+            form.append_pair("client_id", &config.client_id);
+            form.append_pair("client_secret", config.client_secret.expose());
         }
         ClientAuth::ClientSecretBasic => {
             headers.push((
@@ -71,7 +67,7 @@ pub fn introspection_request(
     }
     Callout {
         headers,
-        body: body.into_bytes(),
+        body: form.finish().into_bytes(),
     }
 }
 
@@ -89,34 +85,21 @@ pub fn get_request(authority: &str, path: &str, accept: &str) -> Callout {
 }
 
 /// RFC 6749 §2.3.1: id and secret are each form-urlencoded, joined by `:`, then base64.
+///
+/// A space is written `%20`, not `+`: both mean a space to a form decoder, but servers that
+/// decode these credentials with `decodeURIComponent` (node's oidc-provider, behind ProConnect)
+/// read only `%20` as one. A `+` in the input is `%2B` either way.
 pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
-    let mut pair = String::with_capacity(client_id.len() + client_secret.len() + 8);
-    form_encode_into(&mut pair, client_id);
-    pair.push(':');
-    form_encode_into(&mut pair, client_secret);
+    let encode = |s: &str| -> String {
+        form_urlencoded::byte_serialize(s.as_bytes())
+            .map(|part| if part == "+" { "%20" } else { part })
+            .collect()
+    };
+    let pair = format!("{}:{}", encode(client_id), encode(client_secret));
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
     )
-}
-
-/// application/x-www-form-urlencoded: unreserved characters stay, everything else is `%XX`.
-pub fn form_encode_into(out: &mut String, value: &str) {
-    for &b in value.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(hex_digit(b >> 4));
-            out.push(hex_digit(b & 0x0f));
-        }
-    }
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble), 16)
-        .unwrap_or('0')
-        .to_ascii_uppercase()
 }
 
 #[cfg(test)]
@@ -151,7 +134,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(c.body.clone()).unwrap(),
-            "token=a%2Bb%2Fc%3D&client_id=sr%20id&client_secret=p%40ss%3Aw%3Drd%2B%2F"
+            "token=a%2Bb%2Fc%3D&client_id=sr+id&client_secret=p%40ss%3Aw%3Drd%2B%2F"
         );
         assert_eq!(header(&c, ":method"), Some("POST"));
         assert_eq!(header(&c, ":path"), Some("/api/v2/token/introspection"));

@@ -317,18 +317,17 @@ impl Config {
                 "is empty; at least `cluster`, `authority`, `client_id` and `client_secret` are required",
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| ConfigError::new("(plugin configuration)", format!("is not JSON: {e}")))?;
-        let Some(object) = value.as_object() else {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            let at = format!("line {}, column {}", e.line(), e.column());
+            ConfigError::new("(plugin configuration)", format!("is not JSON ({at})"))
+        })?;
+        if !value.is_object() {
             return Err(ConfigError::new(
                 "(plugin configuration)",
                 "must be a JSON object",
             ));
-        };
-        let raw: RawConfig = match serde_json::from_value(value.clone()) {
-            Ok(raw) => raw,
-            Err(e) => return Err(locate_error(object, e)),
-        };
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(field_error)?;
         Config::compile(raw, env)
     }
 
@@ -396,7 +395,7 @@ impl Config {
                     _ => {
                         return Err(ConfigError::new(
                             "client_secret_env",
-                            format!("environment variable `{name}` is not set in the VM (Envoy: vm_config.environment_variables; Istio: vmConfig.env)"),
+                            "names an environment variable that is not set in the VM (Envoy: vm_config.environment_variables; Istio: vmConfig.env)",
                         ))
                     }
                 }
@@ -441,7 +440,7 @@ impl Config {
             {
                 return Err(ConfigError::new(
                     field,
-                    format!("header `{header}` is already set by another claim"),
+                    "names a header already set by another claim",
                 ));
             }
             identity_headers.push(header.clone());
@@ -683,9 +682,6 @@ impl Config {
 }
 
 impl Config {
-    /// Whether an incoming header name is one the filter sets, or a spelling an upstream might
-    /// read as one: case-insensitive, with `_` and `-` equivalent (CGI-style stacks map both to
-    /// `HTTP_X_USER_SUB`).
     /// One line for the log at configuration: names and modes, never a secret.
     pub fn summary(&self) -> String {
         format!(
@@ -699,6 +695,9 @@ impl Config {
         )
     }
 
+    /// Whether an incoming header name is one the filter sets, or a spelling an upstream might
+    /// read as one: case-insensitive, with `_` and `-` equivalent (CGI-style stacks map both to
+    /// `HTTP_X_USER_SUB`).
     pub fn is_identity_header(&self, name: &[u8]) -> bool {
         self.identity_headers
             .iter()
@@ -733,24 +732,31 @@ fn check_path(path: &str, field: &str) -> Result<(), ConfigError> {
 /// field of `RawConfig` is optional, so each member can be tried alone; the first one that fails
 /// on its own is the culprit. (The client secret is read as a raw value and cannot fail here,
 /// so no secret is ever echoed.)
-fn locate_error(
-    object: &serde_json::Map<String, serde_json::Value>,
-    error: serde_json::Error,
-) -> ConfigError {
-    for (key, value) in object {
-        let mut alone = serde_json::Map::new();
-        alone.insert(key.clone(), value.clone());
-        if let Err(e) = serde_json::from_value::<RawConfig>(serde_json::Value::Object(alone)) {
-            let message = e.to_string();
-            let reason = if message.starts_with("unknown field") {
-                "unknown field".to_string()
-            } else {
-                message
-            };
-            return ConfigError::new(key.clone(), reason);
+/// A deserialisation error as field and rule. serde's messages quote the offending value
+/// (`invalid type: string "…", expected u32`): only what was expected is kept, never what was
+/// found, so a secret pasted into the wrong field never reaches the log.
+fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = error.path().to_string();
+    let message = error.inner().to_string();
+    let reason = if message.starts_with("unknown field") {
+        "unknown field".to_string()
+    } else if message.starts_with("missing field") {
+        "is required".to_string()
+    } else {
+        match message.split_once(", expected ") {
+            Some((_, expected)) => {
+                let expected = expected.split(" at line ").next().unwrap_or(expected);
+                format!("expected {expected}")
+            }
+            None => "invalid value".to_string(),
         }
-    }
-    ConfigError::new("(plugin configuration)", error.to_string())
+    };
+    let field = if path == "." {
+        "(plugin configuration)".to_string()
+    } else {
+        path
+    };
+    ConfigError::new(field, reason)
 }
 
 fn required(value: Option<String>, field: &str) -> Result<String, ConfigError> {
@@ -793,7 +799,7 @@ fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
     if FORBIDDEN_HEADERS.contains(&normal.as_str()) || normal.starts_with("x-envoy-") {
         return Err(ConfigError::new(
             field,
-            format!("`{lower}` cannot be used as an identity header"),
+            "names a header that carries routing, framing or credentials: it cannot be an identity header",
         ));
     }
     Ok(lower)
@@ -1068,6 +1074,59 @@ mod tests {
     }
 
     #[test]
+    fn type_errors_name_the_field_and_the_rule_never_the_value() {
+        let base = || {
+            serde_json::json!({"cluster": "as", "authority": "as", "client_id": "sr",
+                "client_secret": "s"})
+        };
+        for (field, value, expected_field) in [
+            (
+                "timeout_ms",
+                serde_json::json!("hunter2-secret"),
+                "timeout_ms",
+            ),
+            (
+                "required_scopes",
+                serde_json::json!("hunter2-secret"),
+                "required_scopes",
+            ),
+            (
+                "client_auth",
+                serde_json::json!("hunter2-secret"),
+                "client_auth",
+            ),
+            (
+                "cache",
+                serde_json::json!({"max_entries": "hunter2-secret"}),
+                "cache.max_entries",
+            ),
+            (
+                "user_header",
+                serde_json::json!("hunter2 secret"),
+                "user_header",
+            ),
+            (
+                "claim_headers",
+                serde_json::json!({"email": "authorization"}),
+                "claim_headers.email",
+            ),
+        ] {
+            let mut v = base();
+            v[field] = value;
+            let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
+            assert_eq!(err.field, expected_field, "{err}");
+            let shown = err.to_string();
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(!shown.contains("authorization"), "{shown}");
+        }
+        let err = Config::from_json(br#"{"cluster": 5}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: `cluster`: expected a string"
+        );
+    }
+
+    #[test]
     fn client_secret_from_the_environment() {
         let mut v = minimal();
         v.as_object_mut().unwrap().remove("client_secret");
@@ -1077,7 +1136,10 @@ mod tests {
         assert_eq!(c.client_secret.expose(), "from-env");
         let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
         assert_eq!(err.field, "client_secret_env");
-        assert!(err.reason.contains("SR_SECRET"));
+        assert!(
+            !err.reason.contains("SR_SECRET"),
+            "the value is never echoed"
+        );
         v["client_secret"] = "x".into();
         let err = Config::from_json_with_env(v.to_string().as_bytes(), &env).unwrap_err();
         assert_eq!(err.field, "client_secret_env");
@@ -1105,7 +1167,7 @@ mod tests {
             with("cache", serde_json::json!({"ttl": 5}))
                 .unwrap_err()
                 .field,
-            "cache"
+            "cache.ttl"
         );
     }
 
