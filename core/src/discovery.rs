@@ -1,7 +1,7 @@
 //! The OpenID Provider metadata (`/.well-known/openid-configuration`): where introspection and
 //! the JWKS live, and the issuer.
 
-use serde_json::Value;
+use serde::Deserialize;
 
 /// The endpoints the filter uses, resolved from the configuration and, optionally, discovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,28 +19,32 @@ pub struct Discovered {
     pub jwks_path: Option<String>,
 }
 
+/// The members of the OpenID Provider metadata the filter reads (OpenID Connect Discovery
+/// 1.0 §3); the rest of the document is ignored.
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: Option<String>,
+    introspection_endpoint: Option<String>,
+    jwks_uri: Option<String>,
+}
+
 /// Parses a discovery document. URLs become paths: the callouts go through the configured
 /// Envoy cluster, so only the path of each endpoint is used.
 pub fn parse(body: &[u8]) -> Result<Discovered, &'static str> {
-    let doc: Value = serde_json::from_slice(body).map_err(|_| "discovery document is not JSON")?;
+    let doc: Metadata = serde_json::from_slice(body)
+        .map_err(|_| "discovery document is not a JSON object with string members")?;
     let issuer = doc
-        .get("issuer")
-        .and_then(Value::as_str)
+        .issuer
         .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
-        .ok_or("discovery document has no issuer")?
-        .to_string();
+        .ok_or("discovery document has no issuer")?;
     let introspection_path = doc
-        .get("introspection_endpoint")
-        .and_then(Value::as_str)
+        .introspection_endpoint
+        .as_deref()
         .and_then(url_path)
         .ok_or("discovery document has no usable introspection_endpoint")?;
-    let jwks_path = match doc.get("jwks_uri") {
+    let jwks_path = match doc.jwks_uri.as_deref() {
         None => None,
-        Some(v) => Some(
-            v.as_str()
-                .and_then(url_path)
-                .ok_or("discovery document has an unusable jwks_uri")?,
-        ),
+        Some(uri) => Some(url_path(uri).ok_or("discovery document has an unusable jwks_uri")?),
     };
     Ok(Discovered {
         issuer,
@@ -79,13 +83,28 @@ mod tests {
 
     #[test]
     fn bad_documents() {
-        assert!(parse(b"<html>").is_err());
-        assert!(parse(br#"{"introspection_endpoint":"https://a/x"}"#).is_err());
-        assert!(parse(br#"{"issuer":"i","introspection_endpoint":"ftp://a/x"}"#).is_err());
-        assert!(parse(br#"{"issuer":"i","introspection_endpoint":"https://a"}"#).is_err());
-        assert!(
-            parse(br#"{"issuer":"i","introspection_endpoint":"https://a/x","jwks_uri":5}"#)
-                .is_err()
+        let not_json = Err("discovery document is not a JSON object with string members");
+        assert_eq!(parse(b"<html>"), not_json);
+        assert_eq!(
+            parse(br#"{"issuer":"i","introspection_endpoint":"https://a/x","jwks_uri":5}"#),
+            not_json
+        );
+        assert_eq!(
+            parse(br#"{"introspection_endpoint":"https://a/x"}"#),
+            Err("discovery document has no issuer")
+        );
+        let no_endpoint = Err("discovery document has no usable introspection_endpoint");
+        assert_eq!(
+            parse(br#"{"issuer":"i","introspection_endpoint":"ftp://a/x"}"#),
+            no_endpoint
+        );
+        assert_eq!(
+            parse(br#"{"issuer":"i","introspection_endpoint":"https://a"}"#),
+            no_endpoint
+        );
+        assert_eq!(
+            parse(br#"{"issuer":"i","introspection_endpoint":"https://a/x","jwks_uri":"x"}"#),
+            Err("discovery document has an unusable jwks_uri")
         );
         let ok =
             parse(br#"{"issuer":"i","introspection_endpoint":"http://a:1/introspect"}"#).unwrap();

@@ -37,6 +37,27 @@ impl SigningAlg {
     }
 }
 
+/// A JWK Set (RFC 7517 §5): only `keys` is read.
+#[derive(Deserialize)]
+struct Jwks {
+    keys: Option<Vec<Value>>,
+}
+
+/// The members of a public JWK (RFC 7517 §4, RFC 7518 §6) needed for RS256 and ES256.
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    kid: Option<String>,
+    #[serde(rename = "use")]
+    usage: Option<String>,
+    alg: Option<String>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
 /// Public keys parsed once from a JWKS, kept by type.
 #[derive(Default, Clone)]
 pub struct KeySet {
@@ -66,64 +87,54 @@ impl KeySet {
     /// Parses a JWKS document (`{"keys":[...]}`). Keys that cannot serve for signature
     /// verification with RS256 or ES256 are skipped, not fatal: a JWKS may hold other keys.
     pub fn from_jwks(bytes: &[u8]) -> Result<KeySet, &'static str> {
-        let doc: Value = serde_json::from_slice(bytes).map_err(|_| "JWKS is not valid JSON")?;
-        let keys = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or("JWKS has no `keys` array")?;
+        let doc: Jwks = serde_json::from_slice(bytes).map_err(|_| "JWKS is not valid JSON")?;
+        let keys = doc.keys.ok_or("JWKS has no `keys` array")?;
         let mut set = KeySet::default();
         for key in keys {
-            if set.add(key).is_none() {
+            // Each key on its own: one key of an unknown shape is skipped, not fatal.
+            let added = serde_json::from_value::<Jwk>(key)
+                .ok()
+                .and_then(|jwk| set.add(jwk));
+            if added.is_none() {
                 set.skipped += 1;
             }
         }
         Ok(set)
     }
 
-    fn add(&mut self, key: &Value) -> Option<()> {
-        let obj = key.as_object()?;
-        if let Some(usage) = obj.get("use") {
-            if usage.as_str()? != "sig" {
-                return None;
-            }
+    fn add(&mut self, jwk: Jwk) -> Option<()> {
+        if jwk.usage.as_deref().is_some_and(|u| u != "sig") {
+            return None;
         }
-        let kid = match obj.get("kid") {
-            Some(Value::String(k)) => Some(k.clone()),
-            None => None,
-            Some(_) => return None,
-        };
-        let alg = obj.get("alg").and_then(Value::as_str);
-        let member = |name: &str| -> Option<Vec<u8>> {
-            let text = obj.get(name)?.as_str()?;
+        let member = |text: &Option<String>| -> Option<Vec<u8>> {
             base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(text.trim_end_matches('='))
+                .decode(text.as_deref()?.trim_end_matches('='))
                 .ok()
         };
-        match obj.get("kty").and_then(Value::as_str)? {
+        let alg = jwk.alg.as_deref();
+        match jwk.kty.as_str() {
             "RSA" => {
                 if alg.is_some_and(|a| a != "RS256") {
                     return None;
                 }
-                let n = BigUint::from_bytes_be(&member("n")?);
-                let e = BigUint::from_bytes_be(&member("e")?);
+                let n = BigUint::from_bytes_be(&member(&jwk.n)?);
+                let e = BigUint::from_bytes_be(&member(&jwk.e)?);
                 let public = RsaPublicKey::new(n, e).ok()?;
                 // At least 2048 bits (RFC 7518 §3.3).
                 let strong = StrongKey::try_from(public).ok()?;
-                self.rsa.push((kid, strong.into_inner()));
+                self.rsa.push((jwk.kid, strong.into_inner()));
             }
             "EC" => {
-                if obj.get("crv").and_then(Value::as_str)? != "P-256"
-                    || alg.is_some_and(|a| a != "ES256")
-                {
+                if jwk.crv.as_deref() != Some("P-256") || alg.is_some_and(|a| a != "ES256") {
                     return None;
                 }
                 let point = p256::EncodedPoint::from_affine_coordinates(
-                    &p256::FieldBytes::from(fixed_32(&member("x")?)?),
-                    &p256::FieldBytes::from(fixed_32(&member("y")?)?),
+                    &p256::FieldBytes::from(fixed_32(&member(&jwk.x)?)?),
+                    &p256::FieldBytes::from(fixed_32(&member(&jwk.y)?)?),
                     false,
                 );
                 let key = EcKey::from_encoded_point(&point).ok()?;
-                self.ec.push((kid, key));
+                self.ec.push((jwk.kid, key));
             }
             _ => return None,
         }
