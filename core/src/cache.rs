@@ -19,17 +19,21 @@ use sha2::{Digest, Sha256};
 
 use crate::claims::{unix_seconds, Claims};
 pub use crate::config::CachePolicy;
-use crate::config::Config;
+use crate::config::{Config, Identity, Policy};
 
 /// Until when an answer with these claims may be served from the cache (unix seconds),
 /// or `None` if it must not be stored. `claims` are verified claims.
-pub fn expires_at(config: &Config, claims: &Claims, now: i64) -> Option<i64> {
-    let policy = &config.cache;
+pub fn expires_at(
+    policy: &CachePolicy,
+    expiry_claim: &str,
+    claims: &Claims,
+    now: i64,
+) -> Option<i64> {
     if !policy.enabled() {
         return None;
     }
     let until = match claims.get("active") {
-        Some(Value::Bool(true)) => match claims.get(&config.expiry_claim) {
+        Some(Value::Bool(true)) => match claims.get(expiry_claim) {
             Some(v) => {
                 let exp = unix_seconds(v)?;
                 exp.min(now.saturating_add(policy.max_ttl))
@@ -90,7 +94,7 @@ impl CacheKeys {
             prefix.push_str(&format!("{b:02x}"));
         }
         // HMAC accepts keys of any length; the error case cannot happen.
-        let keyed = HmacSha256::new_from_slice(config.client_secret.expose().as_bytes())
+        let keyed = HmacSha256::new_from_slice(config.client.client_secret.expose().as_bytes())
             .unwrap_or_else(|_| HmacSha256::new(&Default::default()));
         let mut fingerprint_base = keyed.clone();
         fingerprint_base.update(b"fingerprint\0");
@@ -206,18 +210,24 @@ pub fn scope_of(config: &Config) -> Vec<u8> {
         config.cache.max_ttl, config.cache.no_exp_ttl, config.cache.inactive_ttl
     );
     let mut parts = vec![
-        config.cluster.as_str(),
-        config.authority.as_str(),
-        config.introspection_path.as_str(),
-        config.discovery_path.as_deref().unwrap_or(""),
-        config.client_id.as_str(),
+        config.target.cluster.as_str(),
+        config.target.authority.as_str(),
+        config.endpoints.introspection_path.as_str(),
+        config.endpoints.discovery_path.as_deref().unwrap_or(""),
+        config.client.client_id.as_str(),
         config.signed.as_ref().map_or("plain", |s| s.alg.name()),
-        config.issuer.as_deref().unwrap_or(""),
-        config.user_claim.as_str(),
-        config.expiry_claim.as_str(),
+        config.endpoints.issuer.as_deref().unwrap_or(""),
+        config.policy.user_claim.as_str(),
+        config.policy.expiry_claim.as_str(),
         numbers.as_str(),
     ];
-    parts.extend(config.claim_headers.iter().map(|(claim, _)| claim.as_str()));
+    parts.extend(
+        config
+            .identity
+            .claim_headers
+            .iter()
+            .map(|(claim, _)| claim.as_str()),
+    );
     for part in parts {
         scope.extend_from_slice(part.as_bytes());
         scope.push(0);
@@ -284,7 +294,7 @@ impl LocalCache {
 }
 
 /// Only what the policy reads: smaller entries, and no claim the SR does not get.
-pub fn kept_claims(config: &Config, claims: &Claims) -> Claims {
+pub fn kept_claims(policy: &Policy, identity: &Identity, claims: &Claims) -> Claims {
     let mut kept = Map::new();
     let mut keep = |name: &str| {
         if let Some(v) = claims.get(name) {
@@ -294,9 +304,9 @@ pub fn kept_claims(config: &Config, claims: &Claims) -> Claims {
     for name in ["active", "token_type", "scope", "nbf", "iss"] {
         keep(name);
     }
-    keep(&config.user_claim);
-    keep(&config.expiry_claim);
-    for (claim, _) in &config.claim_headers {
+    keep(&policy.user_claim);
+    keep(&policy.expiry_claim);
+    for (claim, _) in &identity.claim_headers {
         keep(claim);
     }
     kept
@@ -328,9 +338,7 @@ mod tests {
 
     /// `expires_at` under policy `p`.
     fn expiry(p: &CachePolicy, c: &Config, claims: &Claims) -> Option<i64> {
-        let mut c = c.clone();
-        c.cache = p.clone();
-        expires_at(&c, claims, NOW)
+        expires_at(p, &c.policy.expiry_claim, claims, NOW)
     }
 
     fn claims(v: Value) -> Claims {
@@ -492,7 +500,7 @@ mod tests {
             json!({"active": true, "sub": "u", "exp": 1, "scope": "openid",
             "token_type": "Bearer", "email": "a@b", "given_name": "Jeanne", "client_id": "fs"}),
         );
-        let kept = kept_claims(&c, &all);
+        let kept = kept_claims(&c.policy, &c.identity, &all);
         assert_eq!(
             Value::Object(kept),
             json!({"active": true, "sub": "u", "exp": 1, "scope": "openid",

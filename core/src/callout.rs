@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 
-use crate::config::{ClientAuth, Config};
+use crate::config::{Client, ClientAuth};
 
 /// `Accept` for a plain JSON answer.
 pub const ACCEPT_JSON: &str = "application/json";
@@ -33,35 +33,36 @@ impl std::fmt::Debug for Callout {
 /// Builds the introspection request for `token`, to `path` (the configured or discovered
 /// introspection endpoint). `accept` asks for a plain or a signed answer.
 pub fn introspection_request(
-    config: &Config,
+    client: &Client,
+    authority: &str,
     path: &str,
     token: &str,
     accept: &'static str,
 ) -> Callout {
     let mut form = form_urlencoded::Serializer::new(String::with_capacity(token.len() + 128));
     form.append_pair("token", token);
-    if let Some(hint) = &config.token_type_hint {
+    if let Some(hint) = &client.token_type_hint {
         form.append_pair("token_type_hint", hint);
     }
     let mut headers = vec![
         (":method", "POST".to_string()),
         (":path", path.to_string()),
-        (":authority", config.authority.clone()),
+        (":authority", authority.to_string()),
         (
             "content-type",
             "application/x-www-form-urlencoded".to_string(),
         ),
         ("accept", accept.to_string()),
     ];
-    match config.client_auth {
+    match client.client_auth {
         ClientAuth::ClientSecretPost => {
-            form.append_pair("client_id", &config.client_id);
-            form.append_pair("client_secret", config.client_secret.expose());
+            form.append_pair("client_id", &client.client_id);
+            form.append_pair("client_secret", client.client_secret.expose());
         }
         ClientAuth::ClientSecretBasic => {
             headers.push((
                 "authorization",
-                basic_authorization(&config.client_id, config.client_secret.expose()),
+                basic_authorization(&client.client_id, client.client_secret.expose()),
             ));
         }
     }
@@ -105,6 +106,7 @@ pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn config(extra: serde_json::Value) -> Config {
         let mut v = serde_json::json!({
@@ -117,6 +119,15 @@ mod tests {
         Config::from_json(v.to_string().as_bytes()).unwrap()
     }
 
+    fn introspection_request_with(
+        c: &Config,
+        path: &str,
+        token: &str,
+        accept: &'static str,
+    ) -> Callout {
+        introspection_request(&c.client, &c.target.authority, path, token, accept)
+    }
+
     fn header<'a>(c: &'a Callout, name: &str) -> Option<&'a str> {
         c.headers
             .iter()
@@ -126,7 +137,7 @@ mod tests {
 
     #[test]
     fn client_secret_post() {
-        let c = introspection_request(
+        let c = introspection_request_with(
             &config(serde_json::json!({})),
             "/api/v2/token/introspection",
             "a+b/c=",
@@ -149,7 +160,7 @@ mod tests {
 
     #[test]
     fn client_secret_basic_encodes_before_base64() {
-        let c = introspection_request(
+        let c = introspection_request_with(
             &config(
                 serde_json::json!({"client_auth": "client_secret_basic", "token_type_hint": "access_token"}),
             ),
@@ -171,7 +182,12 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let c = introspection_request(&config(serde_json::json!({})), "/i", "tok-123", ACCEPT_JSON);
+        let c = introspection_request_with(
+            &config(serde_json::json!({})),
+            "/i",
+            "tok-123",
+            ACCEPT_JSON,
+        );
         let shown = format!("{c:?}");
         assert!(!shown.contains("tok-123") && !shown.contains("p@ss") && !shown.contains("p%40ss"));
     }

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::jwt::{KeySet, SigningAlg};
@@ -224,50 +225,87 @@ impl CachePolicy {
     }
 }
 
-/// The validated configuration the filter runs with.
+/// The validated configuration the filter runs with, in sections: each part of the filter
+/// takes only the section it needs.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub target: Target,
+    pub client: Client,
+    pub endpoints: EndpointSettings,
+    pub policy: Policy,
+    pub identity: Identity,
+    pub limits: Limits,
+    /// Signed answers (RFC 9701), or `None` for plain JSON.
+    pub signed: Option<Signed>,
+    pub cache: CachePolicy,
+}
+
+/// Where callouts go.
+#[derive(Debug, Clone)]
+pub struct Target {
     /// Envoy cluster of the authorization server.
     pub cluster: String,
-    /// `:authority` of the callout.
+    /// `:authority` of the callouts.
     pub authority: String,
-    /// `:path` of the introspection endpoint.
-    pub introspection_path: String,
-    /// Callout timeout.
+    /// Introspection callout timeout.
     pub timeout: Duration,
+}
+
+/// How the filter authenticates to the authorization server.
+#[derive(Debug, Clone)]
+pub struct Client {
     pub client_id: String,
     pub client_secret: Secret,
     pub client_auth: ClientAuth,
     pub token_type_hint: Option<String>,
+}
+
+/// The authorization server's endpoints and issuer, as configured (discovery may fill the rest).
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    /// `:path` of the introspection endpoint.
+    pub introspection_path: String,
+    /// Whether `introspection_path` was set explicitly (discovery does not override it then).
+    pub introspection_path_explicit: bool,
+    /// Path of the discovery document to read at start, on the target cluster.
+    pub discovery_path: Option<String>,
+    /// Expected `iss`; checked on signed answers, and on plain answers that carry one.
+    /// `None` only when it comes from the discovery document.
+    pub issuer: Option<String>,
+}
+
+/// What an answer must say for a request to pass.
+#[derive(Debug, Clone)]
+pub struct Policy {
     /// The claim that names the user (`sub`; OAuthSD: `user_id`).
     pub user_claim: String,
     /// The claim that carries the expiry in unix seconds (`exp`; OAuthSD: `expires`).
     pub expiry_claim: String,
     /// Accept an active answer with no `token_type` at all (servers that never send one).
     pub allow_missing_token_type: bool,
-    /// Upstream header that receives the user claim.
-    pub user_header: String,
-    /// Further claims forwarded upstream: (claim, header), sorted by claim.
-    pub claim_headers: Vec<(String, String)>,
     /// Scopes that must all be present in the answer's `scope`.
     pub required_scopes: Vec<String>,
     pub realm: String,
     /// Whether the client's `Authorization` header reaches the upstream.
     pub forward_authorization: bool,
-    pub max_token_length: usize,
-    pub max_response_bytes: usize,
+}
+
+/// The headers the filter sets upstream.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Upstream header that receives the user claim.
+    pub user_header: String,
+    /// Further claims forwarded upstream: (claim, header), sorted by claim.
+    pub claim_headers: Vec<(String, String)>,
     /// Every header the filter may set, lowercase: removed from each incoming request.
     pub identity_headers: Vec<String>,
-    /// Signed answers (RFC 9701), or `None` for plain JSON.
-    pub signed: Option<Signed>,
-    /// Expected `iss`; checked on signed answers, and on plain answers that carry one.
-    /// `None` only when it comes from the discovery document.
-    pub issuer: Option<String>,
-    /// Path of the discovery document to read at start, on `cluster`.
-    pub discovery_path: Option<String>,
-    /// Whether `introspection_path` was set explicitly (discovery does not override it then).
-    pub introspection_path_explicit: bool,
-    pub cache: CachePolicy,
+}
+
+/// Bounds on what the filter reads.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_token_length: usize,
+    pub max_response_bytes: usize,
 }
 
 /// Where the verification keys of signed answers come from.
@@ -335,40 +373,74 @@ impl Config {
         raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        // Which optional settings are present, read before fields are moved out.
-        let key_fields = raw.key_settings();
-        let fetch_fields = raw.fetch_settings();
-        let iat_fields = raw.iat_settings();
-        let cluster = required(raw.cluster, "cluster")?;
-        let authority = required(raw.authority, "authority")?;
+        let target = Target::compile(&raw)?;
+        let client = Client::compile(&raw, env)?;
+        let endpoints = EndpointSettings::compile(&raw)?;
+        let policy = Policy::compile(&raw)?;
+        let identity = Identity::compile(&raw)?;
+        let limits = Limits::compile(&raw)?;
+        let signed = Signed::compile(&raw, &target, &endpoints)?;
+        let cache = CachePolicy::compile(raw.cache.as_ref())?;
+        Ok(Config {
+            target,
+            client,
+            endpoints,
+            policy,
+            identity,
+            limits,
+            signed,
+            cache,
+        })
+    }
+}
+
+/// `value` if it lies in `range`; otherwise an error naming `field` and the range.
+fn in_range<T>(value: T, range: RangeInclusive<T>, field: &str) -> Result<T, ConfigError>
+where
+    T: PartialOrd + fmt::Display,
+{
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("must be between {} and {}", range.start(), range.end()),
+        ))
+    }
+}
+
+impl Target {
+    fn compile(raw: &RawConfig) -> Result<Target, ConfigError> {
+        let cluster = required(raw.cluster.clone(), "cluster")?;
+        let authority = required(raw.authority.clone(), "authority")?;
         if !authority.bytes().all(is_authority_byte) {
             return Err(ConfigError::new(
                 "authority",
                 "must be a host name with an optional port",
             ));
         }
-        let introspection_path_explicit = raw.introspection_path.is_some();
-        let introspection_path = raw
-            .introspection_path
-            .unwrap_or_else(|| DEFAULT_INTROSPECTION_PATH.to_string());
-        check_path(&introspection_path, "introspection_path")?;
-        if let Some(p) = &raw.discovery_path {
-            check_path(p, "discovery_path")?;
-        }
-        if raw.timeout_ms == 0 || raw.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(ConfigError::new(
-                "timeout_ms",
-                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
-            ));
-        }
-        let client_id = required(raw.client_id, "client_id")?;
+        let timeout_ms = in_range(raw.timeout_ms, 1..=MAX_TIMEOUT_MS, "timeout_ms")?;
+        Ok(Target {
+            cluster,
+            authority,
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+}
+
+impl Client {
+    fn compile(
+        raw: &RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Client, ConfigError> {
+        let client_id = required(raw.client_id.clone(), "client_id")?;
         if client_id.chars().any(char::is_control) {
             return Err(ConfigError::new(
                 "client_id",
                 "must not contain control characters",
             ));
         }
-        let client_secret = match (raw.client_secret, raw.client_secret_env) {
+        let client_secret = match (&raw.client_secret, &raw.client_secret_env) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
                     "client_secret_env",
@@ -376,11 +448,10 @@ impl Config {
                 ))
             }
             (Some(serde_json::Value::String(s)), None) => {
-                Secret::new(required(Some(s), "client_secret")?)
+                Secret::new(required(Some(s.clone()), "client_secret")?)
             }
             (Some(_), None) => return Err(ConfigError::new("client_secret", "must be a string")),
             (None, Some(name)) => {
-                // Echo the name only if it looks like one: a secret pasted here stays unlogged.
                 let looks_like_name = !name.is_empty()
                     && name.len() <= 64
                     && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -390,7 +461,7 @@ impl Config {
                         "must be an environment variable name (letters, digits, `_`)",
                     ));
                 }
-                match env(&name) {
+                match env(name) {
                     Some(value) if !value.is_empty() => Secret::new(value),
                     _ => {
                         return Err(ConfigError::new(
@@ -415,6 +486,42 @@ impl Config {
                 ));
             }
         }
+        Ok(Client {
+            client_id,
+            client_secret,
+            client_auth: raw.client_auth,
+            token_type_hint: raw.token_type_hint.clone(),
+        })
+    }
+}
+
+impl EndpointSettings {
+    fn compile(raw: &RawConfig) -> Result<EndpointSettings, ConfigError> {
+        let introspection_path = raw
+            .introspection_path
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INTROSPECTION_PATH.to_string());
+        check_path(&introspection_path, "introspection_path")?;
+        if let Some(p) = &raw.discovery_path {
+            check_path(p, "discovery_path")?;
+        }
+        let issuer = match &raw.issuer {
+            Some(i) if i.is_empty() || i.chars().any(char::is_control) => {
+                return Err(ConfigError::new("issuer", "must be a non-empty URL"))
+            }
+            other => other.clone(),
+        };
+        Ok(EndpointSettings {
+            introspection_path,
+            introspection_path_explicit: raw.introspection_path.is_some(),
+            discovery_path: raw.discovery_path.clone(),
+            issuer,
+        })
+    }
+}
+
+impl Policy {
+    fn compile(raw: &RawConfig) -> Result<Policy, ConfigError> {
         for (field, claim) in [
             ("user_claim", &raw.user_claim),
             ("expiry_claim", &raw.expiry_claim),
@@ -423,17 +530,47 @@ impl Config {
                 return Err(ConfigError::new(field, "must not be empty"));
             }
         }
+        let mut required_scopes = Vec::new();
+        for scope in &raw.required_scopes {
+            if scope.is_empty() || !scope.bytes().all(is_scope_byte) {
+                return Err(ConfigError::new(
+                    "required_scopes",
+                    "each scope must be a non-empty scope-token (RFC 6749 §3.3): no spaces, quotes or backslashes",
+                ));
+            }
+            if !required_scopes.contains(scope) {
+                required_scopes.push(scope.clone());
+            }
+        }
+        if raw.realm.is_empty() || !raw.realm.bytes().all(is_quoted_string_byte) {
+            return Err(ConfigError::new(
+                "realm",
+                "must be non-empty printable ASCII without `\"` or `\\`",
+            ));
+        }
+        Ok(Policy {
+            user_claim: raw.user_claim.clone(),
+            expiry_claim: raw.expiry_claim.clone(),
+            allow_missing_token_type: raw.allow_missing_token_type,
+            required_scopes,
+            realm: raw.realm.clone(),
+            forward_authorization: raw.forward_authorization,
+        })
+    }
+}
 
+impl Identity {
+    fn compile(raw: &RawConfig) -> Result<Identity, ConfigError> {
         let mut identity_headers = Vec::new();
         let user_header = header_name(&raw.user_header, "user_header")?;
         identity_headers.push(user_header.clone());
         let mut claim_headers = Vec::new();
-        for (claim, header) in raw.claim_headers {
+        for (claim, header) in &raw.claim_headers {
             let field = format!("claim_headers.{claim}");
             if claim.is_empty() {
                 return Err(ConfigError::new("claim_headers", "a claim name is empty"));
             }
-            let header = header_name(&header, &field)?;
+            let header = header_name(header, &field)?;
             if identity_headers
                 .iter()
                 .any(|h: &String| same_header(h.as_bytes(), header.as_bytes()))
@@ -444,255 +581,13 @@ impl Config {
                 ));
             }
             identity_headers.push(header.clone());
-            claim_headers.push((claim, header));
+            claim_headers.push((claim.clone(), header));
         }
-
-        let mut required_scopes = Vec::new();
-        for scope in raw.required_scopes {
-            if scope.is_empty() || !scope.bytes().all(is_scope_byte) {
-                return Err(ConfigError::new(
-                    "required_scopes",
-                    "each scope must be a non-empty scope-token (RFC 6749 §3.3): no spaces, quotes or backslashes",
-                ));
-            }
-            if !required_scopes.contains(&scope) {
-                required_scopes.push(scope);
-            }
-        }
-        if raw.realm.is_empty() || !raw.realm.bytes().all(is_quoted_string_byte) {
-            return Err(ConfigError::new(
-                "realm",
-                "must be non-empty printable ASCII without `\"` or `\\`",
-            ));
-        }
-        if !(16..=64 * 1024).contains(&raw.max_token_length) {
-            return Err(ConfigError::new(
-                "max_token_length",
-                "must be between 16 and 65536",
-            ));
-        }
-        if !(256..=1024 * 1024).contains(&raw.max_response_bytes) {
-            return Err(ConfigError::new(
-                "max_response_bytes",
-                "must be between 256 and 1048576",
-            ));
-        }
-
-        let issuer = match raw.issuer {
-            Some(i) if i.is_empty() || i.chars().any(char::is_control) => {
-                return Err(ConfigError::new("issuer", "must be a non-empty URL"))
-            }
-            other => other,
-        };
-        let signed = match raw.signed_response_alg.as_deref() {
-            None | Some("none") => {
-                refuse_any(
-                    &[&key_fields[..], &fetch_fields, &iat_fields].concat(),
-                    "only applies with `signed_response_alg` RS256, ES256 or HS256",
-                )?;
-                None
-            }
-            Some(name) => {
-                let alg = match name {
-                    "RS256" => SigningAlg::RS256,
-                    "ES256" => SigningAlg::ES256,
-                    "HS256" => SigningAlg::HS256,
-                    _ => {
-                        return Err(ConfigError::new(
-                            "signed_response_alg",
-                            "must be `RS256`, `ES256`, `HS256` or `none`",
-                        ))
-                    }
-                };
-                if issuer.is_none() && raw.discovery_path.is_none() {
-                    return Err(ConfigError::new(
-                        "issuer",
-                        "is required with `signed_response_alg` (or set `discovery_path`)",
-                    ));
-                }
-                let keys = if alg.uses_jwks() {
-                    match (raw.jwks, raw.jwks_path) {
-                        (Some(_), Some(_)) => {
-                            return Err(ConfigError::new(
-                                "jwks",
-                                "give either `jwks` (inline) or `jwks_path` (fetched), not both",
-                            ))
-                        }
-                        (Some(inline), None) => {
-                            refuse_any(
-                                &fetch_fields,
-                                "only applies when the JWKS is fetched (`jwks_path` or `discovery_path`), not with an inline `jwks`",
-                            )?;
-                            let set = KeySet::from_jwks(inline.to_string().as_bytes())
-                                .map_err(|e| ConfigError::new("jwks", e))?;
-                            let usable = match alg {
-                                SigningAlg::RS256 => set.has_rsa(),
-                                _ => set.has_ec(),
-                            };
-                            if !usable {
-                                return Err(ConfigError::new(
-                                    "jwks",
-                                    format!("holds no usable {} key", alg.name()),
-                                ));
-                            }
-                            KeySource::Inline(set)
-                        }
-                        (None, path) => {
-                            if let Some(c) = &raw.jwks_cluster {
-                                if c.is_empty() {
-                                    return Err(ConfigError::new(
-                                        "jwks_cluster",
-                                        "must not be empty",
-                                    ));
-                                }
-                            }
-                            if let Some(a) = &raw.jwks_authority {
-                                if a.is_empty() || !a.bytes().all(is_authority_byte) {
-                                    return Err(ConfigError::new(
-                                        "jwks_authority",
-                                        "must be a host name with an optional port",
-                                    ));
-                                }
-                            }
-                            if let Some(p) = &path {
-                                check_path(p, "jwks_path")?;
-                            } else if raw.discovery_path.is_none() {
-                                return Err(ConfigError::new(
-                                    "jwks_path",
-                                    "is required for RS256/ES256 unless `jwks` or `discovery_path` is set",
-                                ));
-                            }
-                            KeySource::Remote {
-                                cluster: raw.jwks_cluster.unwrap_or_else(|| cluster.clone()),
-                                authority: raw.jwks_authority.unwrap_or_else(|| authority.clone()),
-                                path,
-                            }
-                        }
-                    }
-                } else {
-                    refuse_any(
-                        &[&key_fields[..], &fetch_fields].concat(),
-                        "HS256 uses the client secret as its key: no JWKS",
-                    )?;
-                    KeySource::ClientSecret
-                };
-                let refresh_secs = raw.jwks_refresh_secs.unwrap_or(DEFAULT_JWKS_REFRESH_SECS);
-                let refetch_secs = raw
-                    .jwks_refetch_interval_secs
-                    .unwrap_or(DEFAULT_JWKS_REFETCH_INTERVAL_SECS);
-                let leeway_secs = raw.iat_leeway_secs.unwrap_or(DEFAULT_IAT_LEEWAY_SECS);
-                let max_age_secs = raw.iat_max_age_secs.unwrap_or(DEFAULT_IAT_MAX_AGE_SECS);
-                if !(10..=86_400).contains(&refresh_secs) {
-                    return Err(ConfigError::new(
-                        "jwks_refresh_secs",
-                        "must be between 10 and 86400",
-                    ));
-                }
-                if refetch_secs > 3600 {
-                    return Err(ConfigError::new(
-                        "jwks_refetch_interval_secs",
-                        "must be at most 3600",
-                    ));
-                }
-                if leeway_secs > 600 {
-                    return Err(ConfigError::new("iat_leeway_secs", "must be at most 600"));
-                }
-                if !(1..=86_400).contains(&max_age_secs) {
-                    return Err(ConfigError::new(
-                        "iat_max_age_secs",
-                        "must be between 1 and 86400",
-                    ));
-                }
-                Some(Signed {
-                    alg,
-                    keys,
-                    refresh: Duration::from_secs(refresh_secs),
-                    refetch_interval: Duration::from_secs(refetch_secs),
-                    iat_leeway: i64::try_from(leeway_secs).unwrap_or(600),
-                    iat_max_age: i64::try_from(max_age_secs).unwrap_or(86_400),
-                })
-            }
-        };
-
-        let defaults = CachePolicy::default();
-        let cache = match raw.cache {
-            None => defaults,
-            Some(c) => {
-                let policy = CachePolicy {
-                    max_entries: c.max_entries.unwrap_or(defaults.max_entries),
-                    max_ttl: c.max_ttl_secs.map_or(defaults.max_ttl, i64::from),
-                    no_exp_ttl: c.no_exp_ttl_secs.map_or(defaults.no_exp_ttl, i64::from),
-                    inactive_ttl: c.inactive_ttl_secs.map_or(defaults.inactive_ttl, i64::from),
-                };
-                if policy.max_entries > 1_000_000 {
-                    return Err(ConfigError::new(
-                        "cache.max_entries",
-                        "must be at most 1000000 (0 disables the cache)",
-                    ));
-                }
-                if !(1..=86_400).contains(&policy.max_ttl) {
-                    return Err(ConfigError::new(
-                        "cache.max_ttl_secs",
-                        "must be between 1 and 86400",
-                    ));
-                }
-                if policy.no_exp_ttl > 3600 {
-                    return Err(ConfigError::new(
-                        "cache.no_exp_ttl_secs",
-                        "must be at most 3600 (0: answers without expiry are not cached)",
-                    ));
-                }
-                if policy.inactive_ttl > 3600 {
-                    return Err(ConfigError::new(
-                        "cache.inactive_ttl_secs",
-                        "must be at most 3600 (0: inactive answers are not cached)",
-                    ));
-                }
-                policy
-            }
-        };
-
-        Ok(Config {
-            cluster,
-            authority,
-            introspection_path,
-            timeout: Duration::from_millis(raw.timeout_ms),
-            client_id,
-            client_secret,
-            client_auth: raw.client_auth,
-            token_type_hint: raw.token_type_hint,
-            user_claim: raw.user_claim,
-            expiry_claim: raw.expiry_claim,
-            allow_missing_token_type: raw.allow_missing_token_type,
+        Ok(Identity {
             user_header,
             claim_headers,
-            required_scopes,
-            realm: raw.realm,
-            forward_authorization: raw.forward_authorization,
-            max_token_length: raw.max_token_length,
-            max_response_bytes: raw.max_response_bytes,
             identity_headers,
-            signed,
-            issuer,
-            discovery_path: raw.discovery_path,
-            introspection_path_explicit,
-            cache,
         })
-    }
-}
-
-impl Config {
-    /// One line for the log at configuration: names and modes, never a secret.
-    pub fn summary(&self) -> String {
-        format!(
-            "cluster `{}`, authority `{}`, client `{}`, {} answers, user claim `{}` -> `{}`",
-            self.cluster,
-            self.authority,
-            self.client_id,
-            self.signed.as_ref().map_or("plain JSON", |s| s.alg.name()),
-            self.user_claim,
-            self.user_header
-        )
     }
 
     /// Whether an incoming header name is one the filter sets, or a spelling an upstream might
@@ -702,6 +597,222 @@ impl Config {
         self.identity_headers
             .iter()
             .any(|h| same_header(h.as_bytes(), name))
+    }
+}
+
+impl Limits {
+    fn compile(raw: &RawConfig) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            max_token_length: in_range(raw.max_token_length, 16..=64 * 1024, "max_token_length")?,
+            max_response_bytes: in_range(
+                raw.max_response_bytes,
+                256..=1024 * 1024,
+                "max_response_bytes",
+            )?,
+        })
+    }
+}
+
+impl Signed {
+    fn compile(
+        raw: &RawConfig,
+        target: &Target,
+        endpoints: &EndpointSettings,
+    ) -> Result<Option<Signed>, ConfigError> {
+        let key_fields = raw.key_settings();
+        let fetch_fields = raw.fetch_settings();
+        let iat_fields = raw.iat_settings();
+        let alg = match raw.signed_response_alg.as_deref() {
+            None | Some("none") => {
+                refuse_any(
+                    &[&key_fields[..], &fetch_fields, &iat_fields].concat(),
+                    "only applies with `signed_response_alg` RS256, ES256 or HS256",
+                )?;
+                return Ok(None);
+            }
+            Some("RS256") => SigningAlg::RS256,
+            Some("ES256") => SigningAlg::ES256,
+            Some("HS256") => SigningAlg::HS256,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "signed_response_alg",
+                    "must be `RS256`, `ES256`, `HS256` or `none`",
+                ))
+            }
+        };
+        if endpoints.issuer.is_none() && endpoints.discovery_path.is_none() {
+            return Err(ConfigError::new(
+                "issuer",
+                "is required with `signed_response_alg` (or set `discovery_path`)",
+            ));
+        }
+        let keys = if alg.uses_jwks() {
+            KeySource::compile(raw, alg, target, endpoints)?
+        } else {
+            refuse_any(
+                &[&key_fields[..], &fetch_fields].concat(),
+                "HS256 uses the client secret as its key: no JWKS",
+            )?;
+            KeySource::ClientSecret
+        };
+        let seconds = |value: Option<u64>, default: u64, range, field| {
+            in_range(value.unwrap_or(default), range, field)
+        };
+        let refresh = seconds(
+            raw.jwks_refresh_secs,
+            DEFAULT_JWKS_REFRESH_SECS,
+            10..=86_400,
+            "jwks_refresh_secs",
+        )?;
+        let refetch = seconds(
+            raw.jwks_refetch_interval_secs,
+            DEFAULT_JWKS_REFETCH_INTERVAL_SECS,
+            0..=3600,
+            "jwks_refetch_interval_secs",
+        )?;
+        let leeway = seconds(
+            raw.iat_leeway_secs,
+            DEFAULT_IAT_LEEWAY_SECS,
+            0..=600,
+            "iat_leeway_secs",
+        )?;
+        let max_age = seconds(
+            raw.iat_max_age_secs,
+            DEFAULT_IAT_MAX_AGE_SECS,
+            1..=86_400,
+            "iat_max_age_secs",
+        )?;
+        Ok(Some(Signed {
+            alg,
+            keys,
+            refresh: Duration::from_secs(refresh),
+            refetch_interval: Duration::from_secs(refetch),
+            iat_leeway: i64::try_from(leeway).unwrap_or(600),
+            iat_max_age: i64::try_from(max_age).unwrap_or(86_400),
+        }))
+    }
+}
+
+impl KeySource {
+    /// RS256/ES256 keys: inline, or fetched (from `jwks_path` or the discovery document).
+    fn compile(
+        raw: &RawConfig,
+        alg: SigningAlg,
+        target: &Target,
+        endpoints: &EndpointSettings,
+    ) -> Result<KeySource, ConfigError> {
+        match (&raw.jwks, &raw.jwks_path) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "jwks",
+                "give either `jwks` (inline) or `jwks_path` (fetched), not both",
+            )),
+            (Some(inline), None) => {
+                refuse_any(
+                    &raw.fetch_settings(),
+                    "only applies when the JWKS is fetched (`jwks_path` or `discovery_path`), not with an inline `jwks`",
+                )?;
+                let set = KeySet::from_jwks(inline.to_string().as_bytes())
+                    .map_err(|e| ConfigError::new("jwks", e))?;
+                let usable = match alg {
+                    SigningAlg::RS256 => set.has_rsa(),
+                    _ => set.has_ec(),
+                };
+                if !usable {
+                    return Err(ConfigError::new(
+                        "jwks",
+                        format!("holds no usable {} key", alg.name()),
+                    ));
+                }
+                Ok(KeySource::Inline(set))
+            }
+            (None, path) => {
+                if raw.jwks_cluster.as_deref() == Some("") {
+                    return Err(ConfigError::new("jwks_cluster", "must not be empty"));
+                }
+                if let Some(a) = &raw.jwks_authority {
+                    if a.is_empty() || !a.bytes().all(is_authority_byte) {
+                        return Err(ConfigError::new(
+                            "jwks_authority",
+                            "must be a host name with an optional port",
+                        ));
+                    }
+                }
+                if let Some(p) = path {
+                    check_path(p, "jwks_path")?;
+                } else if endpoints.discovery_path.is_none() {
+                    return Err(ConfigError::new(
+                        "jwks_path",
+                        "is required for RS256/ES256 unless `jwks` or `discovery_path` is set",
+                    ));
+                }
+                Ok(KeySource::Remote {
+                    cluster: raw
+                        .jwks_cluster
+                        .clone()
+                        .unwrap_or_else(|| target.cluster.clone()),
+                    authority: raw
+                        .jwks_authority
+                        .clone()
+                        .unwrap_or_else(|| target.authority.clone()),
+                    path: path.clone(),
+                })
+            }
+        }
+    }
+}
+
+impl CachePolicy {
+    fn compile(raw: Option<&RawCache>) -> Result<CachePolicy, ConfigError> {
+        let defaults = CachePolicy::default();
+        let Some(c) = raw else {
+            return Ok(defaults);
+        };
+        let max_entries = c.max_entries.unwrap_or(defaults.max_entries);
+        if max_entries > 1_000_000 {
+            return Err(ConfigError::new(
+                "cache.max_entries",
+                "must be at most 1000000 (0 disables the cache)",
+            ));
+        }
+        let ttl = |value: Option<u32>, default: i64, range, field| {
+            in_range(value.map_or(default, i64::from), range, field)
+        };
+        Ok(CachePolicy {
+            max_entries,
+            max_ttl: ttl(
+                c.max_ttl_secs,
+                defaults.max_ttl,
+                1..=86_400,
+                "cache.max_ttl_secs",
+            )?,
+            no_exp_ttl: ttl(
+                c.no_exp_ttl_secs,
+                defaults.no_exp_ttl,
+                0..=3600,
+                "cache.no_exp_ttl_secs",
+            )?,
+            inactive_ttl: ttl(
+                c.inactive_ttl_secs,
+                defaults.inactive_ttl,
+                0..=3600,
+                "cache.inactive_ttl_secs",
+            )?,
+        })
+    }
+}
+
+impl Config {
+    /// One line for the log at configuration: names and modes, never a secret.
+    pub fn summary(&self) -> String {
+        format!(
+            "cluster `{}`, authority `{}`, client `{}`, {} answers, user claim `{}` -> `{}`",
+            self.target.cluster,
+            self.target.authority,
+            self.client.client_id,
+            self.signed.as_ref().map_or("plain JSON", |s| s.alg.name()),
+            self.policy.user_claim,
+            self.identity.user_header
+        )
     }
 }
 
@@ -849,17 +960,20 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::from_json(minimal().to_string().as_bytes()).unwrap();
-        assert_eq!(c.introspection_path, "/api/v2/token/introspection");
-        assert_eq!(c.timeout, Duration::from_secs(5));
-        assert_eq!(c.client_auth, ClientAuth::ClientSecretPost);
-        assert_eq!(c.user_claim, "sub");
-        assert_eq!(c.expiry_claim, "exp");
-        assert_eq!(c.user_header, "x-user-sub");
-        assert_eq!(c.identity_headers, vec!["x-user-sub".to_string()]);
-        assert!(!c.forward_authorization);
-        assert!(!c.allow_missing_token_type);
-        assert_eq!(c.max_token_length, 4096);
-        assert_eq!(c.token_type_hint, None);
+        assert_eq!(
+            c.endpoints.introspection_path,
+            "/api/v2/token/introspection"
+        );
+        assert_eq!(c.target.timeout, Duration::from_secs(5));
+        assert_eq!(c.client.client_auth, ClientAuth::ClientSecretPost);
+        assert_eq!(c.policy.user_claim, "sub");
+        assert_eq!(c.policy.expiry_claim, "exp");
+        assert_eq!(c.identity.user_header, "x-user-sub");
+        assert_eq!(c.identity.identity_headers, vec!["x-user-sub".to_string()]);
+        assert!(!c.policy.forward_authorization);
+        assert!(!c.policy.allow_missing_token_type);
+        assert_eq!(c.limits.max_token_length, 4096);
+        assert_eq!(c.client.token_type_hint, None);
     }
 
     #[test]
@@ -967,11 +1081,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.identity_headers,
+            c.identity.identity_headers,
             vec!["x-user-sub", "x-token-client-id", "x-token-scope"]
         );
         assert_eq!(
-            c.claim_headers,
+            c.identity.claim_headers,
             vec![
                 ("client_id".to_string(), "x-token-client-id".to_string()),
                 ("scope".to_string(), "x-token-scope".to_string())
@@ -1069,8 +1183,101 @@ mod tests {
         v["signed_response_alg"] = "ES256".into();
         v["discovery_path"] = "/api/v2/.well-known/openid-configuration".into();
         let c = Config::from_json(v.to_string().as_bytes()).unwrap();
-        assert!(c.issuer.is_none());
-        assert!(!c.introspection_path_explicit);
+        assert!(c.endpoints.issuer.is_none());
+        assert!(!c.endpoints.introspection_path_explicit);
+    }
+
+    #[test]
+    fn ranges_are_checked_with_both_bounds_in_the_message() {
+        assert_eq!(in_range(5, 1..=10, "f"), Ok(5));
+        assert_eq!(in_range(1, 1..=10, "f"), Ok(1));
+        assert_eq!(in_range(10, 1..=10, "f"), Ok(10));
+        let err = in_range(0, 1..=10, "f").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: `f`: must be between 1 and 10"
+        );
+        assert!(in_range(11, 1..=10, "f").is_err());
+    }
+
+    #[test]
+    fn each_range_setting_is_refused_out_of_range_naming_its_field() {
+        for (field, value, name) in [
+            ("timeout_ms", serde_json::json!(0), "timeout_ms"),
+            ("timeout_ms", serde_json::json!(60_001), "timeout_ms"),
+            (
+                "max_token_length",
+                serde_json::json!(15),
+                "max_token_length",
+            ),
+            (
+                "max_response_bytes",
+                serde_json::json!(255),
+                "max_response_bytes",
+            ),
+            (
+                "cache",
+                serde_json::json!({"max_ttl_secs": 0}),
+                "cache.max_ttl_secs",
+            ),
+            (
+                "cache",
+                serde_json::json!({"no_exp_ttl_secs": 3601}),
+                "cache.no_exp_ttl_secs",
+            ),
+            (
+                "cache",
+                serde_json::json!({"inactive_ttl_secs": 3601}),
+                "cache.inactive_ttl_secs",
+            ),
+            (
+                "cache",
+                serde_json::json!({"max_entries": 1_000_001}),
+                "cache.max_entries",
+            ),
+        ] {
+            let mut v = serde_json::json!({"cluster": "as", "authority": "as",
+                "client_id": "sr", "client_secret": "s"});
+            v[field] = value;
+            let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
+            assert_eq!(err.field, name, "{err}");
+        }
+        for (field, value) in [
+            ("jwks_refresh_secs", 9),
+            ("jwks_refetch_interval_secs", 3601),
+            ("iat_leeway_secs", 601),
+            ("iat_max_age_secs", 0),
+        ] {
+            let mut v = serde_json::json!({"cluster": "as", "authority": "as",
+                "client_id": "sr", "client_secret": "s", "signed_response_alg": "ES256",
+                "issuer": "https://as", "jwks_path": "/jwks"});
+            v[field] = value.into();
+            let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn sections_hold_what_the_json_says() {
+        let c = Config::from_json(
+            br#"{"cluster":"as","authority":"as.example:8443","client_id":"sr",
+                "client_secret":"s","timeout_ms":1500,"realm":"locations",
+                "required_scopes":["openid","openid","email"],"user_claim":"user_id",
+                "claim_headers":{"email":"x-user-email"},"max_token_length":128}"#,
+        )
+        .unwrap();
+        assert_eq!(c.target.authority, "as.example:8443");
+        assert_eq!(c.target.timeout, Duration::from_millis(1500));
+        assert_eq!(c.client.client_id, "sr");
+        assert_eq!(c.policy.required_scopes, vec!["openid", "email"]);
+        assert_eq!(c.policy.user_claim, "user_id");
+        assert_eq!(
+            c.identity.identity_headers,
+            vec!["x-user-sub", "x-user-email"]
+        );
+        assert_eq!(c.limits.max_token_length, 128);
+        assert_eq!(c.endpoints.introspection_path, DEFAULT_INTROSPECTION_PATH);
+        assert!(!c.endpoints.introspection_path_explicit);
     }
 
     #[test]
@@ -1133,7 +1340,7 @@ mod tests {
         v["client_secret_env"] = "SR_SECRET".into();
         let env = |k: &str| (k == "SR_SECRET").then(|| "from-env".to_string());
         let c = Config::from_json_with_env(v.to_string().as_bytes(), &env).unwrap();
-        assert_eq!(c.client_secret.expose(), "from-env");
+        assert_eq!(c.client.client_secret.expose(), "from-env");
         let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
         assert_eq!(err.field, "client_secret_env");
         assert!(
@@ -1175,7 +1382,7 @@ mod tests {
     fn configured_names_with_underscores_are_matched_too() {
         let c = with("user_header", "x_user_sub".into()).unwrap();
         for name in [&b"x_user_sub"[..], b"x-user-sub", b"X-USER_SUB"] {
-            assert!(c.is_identity_header(name));
+            assert!(c.identity.is_identity_header(name));
         }
         // Two names an upstream would read as one are one name.
         let err = with("claim_headers", serde_json::json!({"scope": "X-User_Sub"})).unwrap_err();
@@ -1199,7 +1406,7 @@ mod tests {
             b"x-token_scope",
         ] {
             assert!(
-                c.is_identity_header(name),
+                c.identity.is_identity_header(name),
                 "{}",
                 String::from_utf8_lossy(name)
             );
@@ -1210,7 +1417,7 @@ mod tests {
             b"authorization",
             b"x-user-s\xffb",
         ] {
-            assert!(!c.is_identity_header(name));
+            assert!(!c.identity.is_identity_header(name));
         }
     }
 
@@ -1232,8 +1439,8 @@ mod tests {
         v["client_auth"] = "client_secret_basic".into();
         v["introspection_path"] = "/introspect".into();
         let c = Config::from_json(v.to_string().as_bytes()).unwrap();
-        assert_eq!(c.client_auth, ClientAuth::ClientSecretBasic);
-        assert_eq!(c.user_claim, "user_id");
-        assert!(c.allow_missing_token_type);
+        assert_eq!(c.client.client_auth, ClientAuth::ClientSecretBasic);
+        assert_eq!(c.policy.user_claim, "user_id");
+        assert!(c.policy.allow_missing_token_type);
     }
 }

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::bearer::Malformed;
-use crate::config::Config;
+use crate::config::{Identity, Policy};
 use crate::fault::{Fault, Unusable};
 
 pub use crate::claims::{unix_seconds, Claims};
@@ -131,14 +131,14 @@ const fn unusable(what: Unusable) -> Decision {
 }
 
 /// Applies the policy to the claims of an answer, at unix time `now`.
-pub fn evaluate(config: &Config, claims: &Claims, now: i64) -> Decision {
+pub fn evaluate(policy: &Policy, identity: &Identity, claims: &Claims, now: i64) -> Decision {
     match claims.get("active") {
         Some(Value::Bool(true)) => {}
         Some(Value::Bool(false)) => return deny(Denial::Invalid(Invalid::Inactive)),
         _ => return unusable(Unusable::Active),
     }
 
-    match claims.get(&config.expiry_claim) {
+    match claims.get(&policy.expiry_claim) {
         None => {}
         Some(v) => match unix_seconds(v) {
             Some(exp) if exp > now => {}
@@ -157,21 +157,21 @@ pub fn evaluate(config: &Config, claims: &Claims, now: i64) -> Decision {
     match claims.get("token_type") {
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
         Some(_) => return deny(Denial::Invalid(Invalid::NotBearer)),
-        None if config.allow_missing_token_type => {}
+        None if policy.allow_missing_token_type => {}
         None => return deny(Denial::Invalid(Invalid::NoTokenType)),
     }
 
-    let user = match claims.get(&config.user_claim) {
+    let user = match claims.get(&policy.user_claim) {
         Some(Value::String(s)) if !s.is_empty() => s,
         _ => return deny(Denial::Invalid(Invalid::NoUser)),
     };
 
-    if !config.required_scopes.is_empty() {
+    if !policy.required_scopes.is_empty() {
         let granted = match claims.get("scope") {
             Some(Value::String(s)) => s.as_str(),
             _ => "",
         };
-        let has_all = config
+        let has_all = policy
             .required_scopes
             .iter()
             .all(|needed| granted.split(' ').any(|g| g == needed));
@@ -180,12 +180,12 @@ pub fn evaluate(config: &Config, claims: &Claims, now: i64) -> Decision {
         }
     }
 
-    let mut headers = Vec::with_capacity(1 + config.claim_headers.len());
+    let mut headers = Vec::with_capacity(1 + identity.claim_headers.len());
     match identity_value(user) {
-        Some(v) => headers.push((config.user_header.clone(), v)),
+        Some(v) => headers.push((identity.user_header.clone(), v)),
         None => return unusable(Unusable::Claim),
     }
-    for (claim, header) in &config.claim_headers {
+    for (claim, header) in &identity.claim_headers {
         let Some(value) = claims.get(claim) else {
             continue;
         };
@@ -240,6 +240,7 @@ fn identity_value(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use serde_json::json;
 
     const NOW: i64 = 1_790_000_100;
@@ -255,6 +256,10 @@ mod tests {
         Config::from_json(v.to_string().as_bytes()).unwrap()
     }
 
+    fn evaluate_with(c: &Config, claims: &Claims, now: i64) -> Decision {
+        evaluate(&c.policy, &c.identity, claims, now)
+    }
+
     fn proconnect_active() -> Claims {
         json!({"active":true,"sub":"7396c91e-b9f2-4f9d-8547-5e9b3332725b",
             "client_id":"fs","exp":1_790_003_600,"iat":1_790_000_000,
@@ -267,7 +272,7 @@ mod tests {
 
     #[test]
     fn active_proconnect_answer_is_allowed() {
-        let d = evaluate(&config(json!({})), &proconnect_active(), NOW);
+        let d = evaluate_with(&config(json!({})), &proconnect_active(), NOW);
         assert_eq!(
             d,
             Decision::Allow(vec![(
@@ -281,31 +286,55 @@ mod tests {
     fn inactive_expired_and_wrong_type_are_invalid() {
         let c = config(json!({}));
         let inactive = json!({"active": false}).as_object().unwrap().clone();
-        assert_eq!(evaluate(&c, &inactive, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &inactive, NOW).kind(),
+            "inactive"
+        );
 
         let mut expired = proconnect_active();
         expired.insert("exp".into(), json!(NOW));
-        assert_eq!(evaluate(&c, &expired, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &expired, NOW).kind(),
+            "inactive"
+        );
 
         let mut refresh = proconnect_active();
         refresh.remove("token_type");
-        assert_eq!(evaluate(&c, &refresh, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &refresh, NOW).kind(),
+            "inactive"
+        );
 
         let mut other = proconnect_active();
         other.insert("token_type".into(), json!("refresh_token"));
-        assert_eq!(evaluate(&c, &other, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &other, NOW).kind(),
+            "inactive"
+        );
 
         let mut nbf = proconnect_active();
         nbf.insert("nbf".into(), json!(NOW + 10));
-        assert_eq!(evaluate(&c, &nbf, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &nbf, NOW).kind(),
+            "inactive"
+        );
 
         let mut no_sub = proconnect_active();
         no_sub.remove("sub");
-        assert_eq!(evaluate(&c, &no_sub, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &no_sub, NOW).kind(),
+            "inactive"
+        );
         no_sub.insert("sub".into(), json!(""));
-        assert_eq!(evaluate(&c, &no_sub, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &no_sub, NOW).kind(),
+            "inactive"
+        );
         no_sub.insert("sub".into(), json!(42));
-        assert_eq!(evaluate(&c, &no_sub, NOW).kind(), "inactive");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &no_sub, NOW).kind(),
+            "inactive"
+        );
     }
 
     #[test]
@@ -313,7 +342,7 @@ mod tests {
         let mut a = proconnect_active();
         a.insert("token_type".into(), json!("bearer"));
         assert!(matches!(
-            evaluate(&config(json!({})), &a, NOW),
+            evaluate_with(&config(json!({})), &a, NOW),
             Decision::Allow(_)
         ));
     }
@@ -323,16 +352,22 @@ mod tests {
         let c = config(json!({}));
         for bad in [json!({}), json!({"active": "true"}), json!({"active": 1})] {
             assert_eq!(
-                evaluate(&c, bad.as_object().unwrap(), NOW).kind(),
+                evaluate(&c.policy, &c.identity, bad.as_object().unwrap(), NOW).kind(),
                 "unavailable"
             );
         }
         let mut a = proconnect_active();
         a.insert("exp".into(), json!("soon"));
-        assert_eq!(evaluate(&c, &a, NOW).kind(), "unavailable");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &a, NOW).kind(),
+            "unavailable"
+        );
         let mut a = proconnect_active();
         a.insert("sub".into(), json!("abc\r\nx-admin: 1"));
-        assert_eq!(evaluate(&c, &a, NOW).kind(), "unavailable");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &a, NOW).kind(),
+            "unavailable"
+        );
     }
 
     #[test]
@@ -342,18 +377,24 @@ mod tests {
         let a = json!({"active": true, "user_id": "jdoe", "expires": (NOW + 60).to_string(),
             "client_id": "c", "scope": "openid"});
         assert_eq!(
-            evaluate(&c, a.as_object().unwrap(), NOW),
+            evaluate(&c.policy, &c.identity, a.as_object().unwrap(), NOW),
             Decision::Allow(vec![("x-user-sub".into(), "jdoe".into())])
         );
         let expired = json!({"active": true, "user_id": "jdoe", "expires": NOW - 1});
         assert_eq!(
-            evaluate(&c, expired.as_object().unwrap(), NOW).kind(),
+            evaluate(&c.policy, &c.identity, expired.as_object().unwrap(), NOW).kind(),
             "inactive"
         );
         // Without the switch, a missing token_type is refused.
         let strict = config(json!({"user_claim": "user_id", "expiry_claim": "expires"}));
         assert_eq!(
-            evaluate(&strict, a.as_object().unwrap(), NOW).kind(),
+            evaluate(
+                &strict.policy,
+                &strict.identity,
+                a.as_object().unwrap(),
+                NOW
+            )
+            .kind(),
             "inactive"
         );
     }
@@ -362,20 +403,26 @@ mod tests {
     fn required_scopes_must_all_be_present() {
         let c = config(json!({"required_scopes": ["openid", "email"]}));
         assert!(matches!(
-            evaluate(&c, &proconnect_active(), NOW),
+            evaluate(&c.policy, &c.identity, &proconnect_active(), NOW),
             Decision::Allow(_)
         ));
         let c = config(json!({"required_scopes": ["openid", "locations"]}));
         assert_eq!(
-            evaluate(&c, &proconnect_active(), NOW),
+            evaluate(&c.policy, &c.identity, &proconnect_active(), NOW),
             Decision::Deny(Denial::InsufficientScope)
         );
         // A prefix is not the scope.
         let c = config(json!({"required_scopes": ["mail"]}));
-        assert_eq!(evaluate(&c, &proconnect_active(), NOW).kind(), "scope");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &proconnect_active(), NOW).kind(),
+            "scope"
+        );
         let mut no_scope = proconnect_active();
         no_scope.remove("scope");
-        assert_eq!(evaluate(&c, &no_scope, NOW).kind(), "scope");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &no_scope, NOW).kind(),
+            "scope"
+        );
     }
 
     #[test]
@@ -385,7 +432,7 @@ mod tests {
             "exp": "x-token-exp"}}));
         let mut a = proconnect_active();
         a.insert("groups".into(), json!(["a", "b"]));
-        let Decision::Allow(h) = evaluate(&c, &a, NOW) else {
+        let Decision::Allow(h) = evaluate(&c.policy, &c.identity, &a, NOW) else {
             panic!("not allowed")
         };
         assert!(h.contains(&("x-token-client-id".into(), "fs".into())));
@@ -398,6 +445,9 @@ mod tests {
         assert!(!h.iter().any(|(n, _)| n == "x-missing"));
 
         a.insert("groups".into(), json!({"x": 1}));
-        assert_eq!(evaluate(&c, &a, NOW).kind(), "unavailable");
+        assert_eq!(
+            evaluate(&c.policy, &c.identity, &a, NOW).kind(),
+            "unavailable"
+        );
     }
 }

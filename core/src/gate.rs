@@ -133,11 +133,15 @@ pub struct Gate {
 impl Gate {
     /// A VM with this configuration. Call [`Gate::start`] next.
     pub fn new(config: Config) -> Gate {
-        let endpoints = config.discovery_path.is_none().then(|| Endpoints {
-            introspection_path: config.introspection_path.clone(),
-            issuer: config.issuer.clone(),
-            jwks_path: configured_jwks_path(&config),
-        });
+        let endpoints = config
+            .endpoints
+            .discovery_path
+            .is_none()
+            .then(|| Endpoints {
+                introspection_path: config.endpoints.introspection_path.clone(),
+                issuer: config.endpoints.issuer.clone(),
+                jwks_path: configured_jwks_path(&config),
+            });
         let local_capacity =
             usize::try_from(config.cache.max_entries.min(LOCAL_CACHE_MAX)).unwrap_or(0);
         Gate {
@@ -181,7 +185,7 @@ impl Gate {
 
     /// Whether the VM fetches documents (and so ticks regularly).
     fn fetches(&self) -> bool {
-        self.config.discovery_path.is_some() || remote_keys(&self.config).is_some()
+        self.config.endpoints.discovery_path.is_some() || remote_keys(&self.config).is_some()
     }
 
     fn base_tick(&self) -> Duration {
@@ -227,7 +231,7 @@ impl Gate {
         //    spelling an upstream could read as one (`X_User_Sub`), goes.
         let mut remove = Vec::new();
         for (name, _) in &pairs {
-            if config.is_identity_header(name) {
+            if config.identity.is_identity_header(name) {
                 match std::str::from_utf8(name) {
                     Ok(name) => remove.push(name.to_string()),
                     Err(_) => {
@@ -244,7 +248,7 @@ impl Gate {
             .filter(|(n, _)| n.eq_ignore_ascii_case(b"authorization"))
             .map(|(_, v)| *v)
             .collect();
-        let token = match bearer::extract(&authorization, config.max_token_length) {
+        let token = match bearer::extract(&authorization, config.limits.max_token_length) {
             Credentials::Bearer(token) => token.to_string(),
             Credentials::Missing => return self.refuse(id, Denial::Missing, host),
             Credentials::Malformed(m) => return self.refuse(id, Denial::Malformed(m), host),
@@ -263,7 +267,7 @@ impl Gate {
         if config.cache.enabled() {
             if let Some(claims) = self.cached(&key, now, host) {
                 host.count(Counter::CacheHit);
-                let decision = decision::evaluate(&config, &claims, now);
+                let decision = decision::evaluate(&config.policy, &config.identity, &claims, now);
                 return Step::Verdict(self.verdict(id, remove, &decision, host));
             }
             host.count(Counter::CacheMiss);
@@ -293,9 +297,15 @@ impl Gate {
         } else {
             ACCEPT_JSON
         };
-        let request =
-            callout::introspection_request(&config, &endpoints.introspection_path, &token, accept);
-        let token_id = match host.dispatch(&config.cluster, &request, config.timeout) {
+        let request = callout::introspection_request(
+            &config.client,
+            &config.target.authority,
+            &endpoints.introspection_path,
+            &token,
+            accept,
+        );
+        let token_id = match host.dispatch(&config.target.cluster, &request, config.target.timeout)
+        {
             Ok(token_id) => token_id,
             Err(e) => {
                 warn!("[{id}] introspection callout not sent: {e}");
@@ -350,10 +360,15 @@ impl Gate {
     /// Stores the claims of a definite decision, if the policy allows, replacing whatever the
     /// slot held. Compare-and-swap, with one retry if another worker wrote the slot in between.
     fn store<H: Host>(&mut self, key: &CacheKey, claims: &Claims, now: i64, host: &mut H) {
-        let Some(expires_at) = cache::expires_at(&self.config, claims, now) else {
+        let Some(expires_at) = cache::expires_at(
+            &self.config.cache,
+            &self.config.policy.expiry_claim,
+            claims,
+            now,
+        ) else {
             return;
         };
-        let kept = cache::kept_claims(&self.config, claims);
+        let kept = cache::kept_claims(&self.config.policy, &self.config.identity, claims);
         let entry = self.cache_keys.encode(&key.fingerprint, expires_at, &kept);
         self.local
             .insert(key.fingerprint, expires_at, Rc::new(kept), now);
@@ -403,7 +418,7 @@ impl Gate {
             Decision::Allow(headers) => {
                 host.count(Counter::Allowed);
                 self.allowed.insert(id);
-                if !self.config.forward_authorization {
+                if !self.config.policy.forward_authorization {
                     remove.push("authorization".to_string());
                 }
                 debug!("[{id}] allowed");
@@ -427,7 +442,7 @@ impl Gate {
             }
             other => debug!("[{id}] denied ({}): {other}", other.cause()),
         }
-        reply::for_denial(&self.config, &denial)
+        reply::for_denial(&self.config.policy, &denial)
     }
 
     fn refuse<H: Host>(&mut self, id: u32, denial: Denial, host: &mut H) -> Step {
@@ -454,8 +469,12 @@ impl Gate {
             debug!("ignoring the answer of an unknown callout");
             return Effects::new();
         };
-        let answer =
-            response::read_answer(host, num_headers, body_size, self.config.max_response_bytes);
+        let answer = response::read_answer(
+            host,
+            num_headers,
+            body_size,
+            self.config.limits.max_response_bytes,
+        );
         match purpose {
             Purpose::Discovery => {
                 self.discovery_answered(answer, host);
@@ -494,7 +513,8 @@ impl Gate {
             Err(fault) => return self.finish_flight(fingerprint, self.last_now, Err(fault), host),
         };
         let answer = answer.and_then(|a| {
-            let timeout_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
+            let timeout_ms =
+                u64::try_from(self.config.target.timeout.as_millis()).unwrap_or(u64::MAX);
             match elapsed_ms {
                 // Envoy answers a callout that timed out with its own 504.
                 Some(ms) if a.status.as_deref() == Some(b"504") && ms >= timeout_ms => {
@@ -578,7 +598,9 @@ impl Gate {
             return Effects::new();
         };
         let decision = match &outcome {
-            Ok(claims) => decision::evaluate(&self.config, claims, now),
+            Ok(claims) => {
+                decision::evaluate(&self.config.policy, &self.config.identity, claims, now)
+            }
             Err(fault) => Decision::Deny(Denial::Unavailable(*fault)),
         };
         match &outcome {
@@ -609,12 +631,12 @@ impl Gate {
             Ok(found) => {
                 self.discovery.finished(now, true);
                 let endpoints = Endpoints {
-                    introspection_path: if self.config.introspection_path_explicit {
-                        self.config.introspection_path.clone()
+                    introspection_path: if self.config.endpoints.introspection_path_explicit {
+                        self.config.endpoints.introspection_path.clone()
                     } else {
                         found.introspection_path
                     },
-                    issuer: self.config.issuer.clone().or(Some(found.issuer)),
+                    issuer: self.config.endpoints.issuer.clone().or(Some(found.issuer)),
                     jwks_path: configured_jwks_path(&self.config).or(found.jwks_path),
                 };
                 info!(
@@ -740,10 +762,11 @@ impl Gate {
             }
         };
         let mut effects = Effects::new();
-        if let (Some(path), None) = (&self.config.discovery_path, &self.endpoints) {
+        if let (Some(path), None) = (&self.config.endpoints.discovery_path, &self.endpoints) {
             if self.discovery.timer_due(now, None, RETRY_SECS) {
-                let request = callout::get_request(&self.config.authority, path, ACCEPT_JSON);
-                match host.dispatch(&self.config.cluster, &request, FETCH_TIMEOUT) {
+                let request =
+                    callout::get_request(&self.config.target.authority, path, ACCEPT_JSON);
+                match host.dispatch(&self.config.target.cluster, &request, FETCH_TIMEOUT) {
                     Ok(token) => {
                         self.discovery.started(now, false);
                         self.callouts.insert(token, Purpose::Discovery);
@@ -821,7 +844,11 @@ impl Gate {
             let Some(flight) = self.flights.get_mut(&fp) else {
                 continue;
             };
-            match host.dispatch(&self.config.cluster, &flight.request, self.config.timeout) {
+            match host.dispatch(
+                &self.config.target.cluster,
+                &flight.request,
+                self.config.target.timeout,
+            ) {
                 Ok(token) => {
                     flight.stage = Stage::Introspecting(token);
                     flight.owner = None;

@@ -1,6 +1,6 @@
 //! The local answers the filter sends instead of forwarding (RFC 6750 §3).
 
-use crate::config::Config;
+use crate::config::Policy;
 use crate::decision::Denial;
 
 /// A response the filter sends itself.
@@ -14,8 +14,8 @@ pub struct LocalReply {
 }
 
 /// The answer for a denial.
-pub fn for_denial(config: &Config, denial: &Denial) -> LocalReply {
-    let realm = &config.realm;
+pub fn for_denial(policy: &Policy, denial: &Denial) -> LocalReply {
+    let realm = &policy.realm;
     let (status, challenge, error, description) = match denial {
         Denial::Missing => (
             401,
@@ -41,7 +41,7 @@ pub fn for_denial(config: &Config, denial: &Denial) -> LocalReply {
             "the access token is invalid, expired or revoked".to_string(),
         ),
         Denial::InsufficientScope => {
-            let scope = config.required_scopes.join(" ");
+            let scope = policy.required_scopes.join(" ");
             (
                 403,
                 Some(format!(
@@ -91,6 +91,7 @@ pub fn unconfigured() -> LocalReply {
 mod tests {
     use super::*;
     use crate::bearer::Malformed;
+    use crate::config::Config;
     use crate::decision::Invalid;
     use crate::fault::Fault;
 
@@ -112,25 +113,25 @@ mod tests {
     #[test]
     fn rfc6750_statuses_and_challenges() {
         let c = config();
-        let r = for_denial(&c, &Denial::Missing);
+        let r = for_denial(&c.policy, &Denial::Missing);
         assert_eq!(
             (r.status, challenge(&r)),
             (401, Some("Bearer realm=\"locations\""))
         );
-        let r = for_denial(&c, &Denial::Malformed(Malformed::Several));
+        let r = for_denial(&c.policy, &Denial::Malformed(Malformed::Several));
         assert_eq!(r.status, 400);
         assert!(challenge(&r).unwrap().contains("error=\"invalid_request\""));
-        let r = for_denial(&c, &Denial::Invalid(Invalid::Inactive));
+        let r = for_denial(&c.policy, &Denial::Invalid(Invalid::Inactive));
         assert_eq!(r.status, 401);
         assert!(challenge(&r).unwrap().contains("error=\"invalid_token\""));
         assert!(!r.body.contains("not active"));
-        let r = for_denial(&c, &Denial::InsufficientScope);
+        let r = for_denial(&c.policy, &Denial::InsufficientScope);
         assert_eq!(r.status, 403);
         assert!(challenge(&r)
             .unwrap()
             .ends_with("error=\"insufficient_scope\", scope=\"openid locations\""));
         let r = for_denial(
-            &c,
+            &c.policy,
             &Denial::Unavailable(Fault::Status {
                 status: 500,
                 error: None,

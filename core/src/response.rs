@@ -328,7 +328,7 @@ pub fn verified_claims(
         return Err(AnswerError::Fault(Fault::NotConfigured));
     };
     let keys = match &signed.keys {
-        KeySource::ClientSecret => Keys::Secret(config.client_secret.expose().as_bytes()),
+        KeySource::ClientSecret => Keys::Secret(config.client.client_secret.expose().as_bytes()),
         KeySource::Inline(set) => Keys::Jwks(set),
         KeySource::Remote { .. } => match jwks {
             Some(set) => Keys::Jwks(set),
@@ -338,7 +338,7 @@ pub fn verified_claims(
     let expect = Expectations {
         alg: signed.alg,
         issuer,
-        client_id: &config.client_id,
+        client_id: &config.client.client_id,
         now,
         leeway: signed.iat_leeway,
         max_age: signed.iat_max_age,
