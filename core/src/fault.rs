@@ -121,6 +121,8 @@ pub enum Fault {
     ContentType,
     /// Not a JSON object.
     NotJson,
+    /// A JSON object with a duplicated member: parsers disagree on its meaning.
+    Ambiguous,
     /// Larger than `max_response_bytes`.
     TooLarge,
     /// A plain answer naming another issuer.
@@ -154,6 +156,7 @@ impl Fault {
             },
             Fault::ContentType => "content_type",
             Fault::NotJson => "not_json",
+            Fault::Ambiguous => "ambiguous",
             Fault::TooLarge => "too_large",
             Fault::IssuerMismatch => "issuer_mismatch",
             Fault::Jwt(e) => e.code(),
@@ -169,7 +172,7 @@ impl Fault {
     }
 
     /// Every code, for defining the counters up front.
-    pub const CODES: [&'static str; 34] = [
+    pub const CODES: [&'static str; 37] = [
         "callout_failed",
         "timeout",
         "dispatch_failed",
@@ -194,6 +197,10 @@ impl Fault {
         "jwt_iat_future",
         "jwt_iat_old",
         "jwt_not_introspection",
+        "jwt_ambiguous",
+        "jwt_crit",
+        "jwt_exp",
+        "jwt_nbf",
         "no_keys",
         "not_configured",
         "bad_active",
@@ -202,9 +209,7 @@ impl Fault {
         "bad_claim",
         "clock",
         "host_error",
-        // Reserved for the hostile-answer checks (duplicate members, deep nesting).
         "ambiguous",
-        "unsupported",
     ];
 }
 
@@ -223,6 +228,7 @@ impl fmt::Display for Fault {
             }
             Fault::ContentType => f.write_str("answer has an unexpected Content-Type"),
             Fault::NotJson => f.write_str("answer is not a JSON object"),
+            Fault::Ambiguous => f.write_str("answer has a duplicated member"),
             Fault::TooLarge => f.write_str("answer exceeds max_response_bytes"),
             Fault::IssuerMismatch => f.write_str("answer iss is not the configured issuer"),
             Fault::Jwt(e) => f.write_str(e.reason()),

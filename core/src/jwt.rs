@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::claims::Claims;
+use crate::json::{self, JsonError};
 
 /// The algorithm the SR registered with ProConnect (`introspection_signed_response_alg`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -213,6 +214,14 @@ pub enum VerifyError {
     IatTooOld,
     /// `token_introspection` is not an object with a boolean `active`.
     NotIntrospection,
+    /// The header or the payload holds a member twice.
+    Ambiguous,
+    /// A `crit` header parameter: an extension this verifier does not implement.
+    Crit,
+    /// The JWT's own `exp` is past.
+    Expired,
+    /// The JWT's own `nbf` is ahead.
+    NotYetValid,
 }
 
 impl VerifyError {
@@ -232,6 +241,10 @@ impl VerifyError {
             VerifyError::IatInFuture => "jwt_iat_future",
             VerifyError::IatTooOld => "jwt_iat_old",
             VerifyError::NotIntrospection => "jwt_not_introspection",
+            VerifyError::Ambiguous => "jwt_ambiguous",
+            VerifyError::Crit => "jwt_crit",
+            VerifyError::Expired => "jwt_exp",
+            VerifyError::NotYetValid => "jwt_nbf",
         }
     }
 
@@ -253,6 +266,10 @@ impl VerifyError {
             VerifyError::NotIntrospection => {
                 "JWS token_introspection is not an object with a boolean active"
             }
+            VerifyError::Ambiguous => "JWS header or payload has a duplicated member",
+            VerifyError::Crit => "JWS has a critical header parameter this verifier ignores",
+            VerifyError::Expired => "JWS exp is past",
+            VerifyError::NotYetValid => "JWS nbf is ahead",
         }
     }
 }
@@ -277,10 +294,12 @@ pub fn verify(
     expect: &Expectations<'_>,
 ) -> Result<Claims, VerifyError> {
     let text = std::str::from_utf8(jws).map_err(|_| VerifyError::Format)?;
-    let token = UntrustedToken::new(text.trim()).map_err(|_| VerifyError::Format)?;
+    let text = text.trim();
+    let token = UntrustedToken::new(text).map_err(|_| VerifyError::Format)?;
     if token.algorithm() != expect.alg.name() {
         return Err(VerifyError::Alg);
     }
+    check_segments(text)?;
     match token.header().token_type.as_deref() {
         Some(t) if is_introspection_typ(t) => {}
         _ => return Err(VerifyError::Typ),
@@ -322,6 +341,17 @@ pub fn verify(
     if !aud_ok {
         return Err(VerifyError::Audience);
     }
+    // RFC 7519 §4.1.4 and §4.1.5, with the same leeway as `iat`.
+    if let Some(exp) = claims.expiration.map(|t| t.timestamp()) {
+        if exp <= expect.now.saturating_sub(expect.leeway) {
+            return Err(VerifyError::Expired);
+        }
+    }
+    if let Some(nbf) = claims.not_before.map(|t| t.timestamp()) {
+        if nbf > expect.now.saturating_add(expect.leeway) {
+            return Err(VerifyError::NotYetValid);
+        }
+    }
     let Some(iat) = claims.issued_at.map(|t| t.timestamp()) else {
         return Err(VerifyError::NoIat);
     };
@@ -335,6 +365,32 @@ pub fn verify(
         Some(Value::Object(map)) if matches!(map.get("active"), Some(Value::Bool(_))) => Ok(map),
         _ => Err(VerifyError::NotIntrospection),
     }
+}
+
+/// What jwt-compact does not look at in the header and payload: a `crit` header parameter (RFC
+/// 7515 §4.1.11: this verifier understands no extension, so any is refused) and duplicated
+/// members (parsers disagree on which one counts).
+fn check_segments(compact: &str) -> Result<(), VerifyError> {
+    let mut parts = compact.split('.');
+    let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
+        return Err(VerifyError::Format);
+    };
+    let decode = |segment: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|_| VerifyError::Format)
+    };
+    let strict = |bytes: &[u8]| match json::parse_strict(bytes) {
+        Ok(value) => Ok(value),
+        Err(JsonError::Duplicate) => Err(VerifyError::Ambiguous),
+        Err(JsonError::Syntax) => Err(VerifyError::Payload),
+    };
+    let header = strict(&decode(header)?)?;
+    if header.get("crit").is_some() {
+        return Err(VerifyError::Crit);
+    }
+    strict(&decode(payload)?)?;
+    Ok(())
 }
 
 /// RFC 9701 `typ`: `token-introspection+jwt`, case-insensitive, optional `application/` prefix.
@@ -620,6 +676,84 @@ mod tests {
             Some(NOW),
         );
         assert_eq!(check(SigningAlg::RS256, &es), Err(VerifyError::Alg));
+    }
+
+    /// An HS256 JWS made by hand from raw header and payload JSON (for shapes jwt-compact
+    /// would not produce).
+    fn hand_made(header: &str, payload: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let signing_input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"the-client-secret").unwrap();
+        mac.update(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
+    }
+
+    const HS_HEADER: &str = r#"{"alg":"HS256","typ":"token-introspection+jwt"}"#;
+
+    fn hs_payload(extra: &str) -> String {
+        format!(
+            r#"{{"iss":"{ISS}","aud":"sr-client","iat":{NOW},{extra}"token_introspection":{{"active":true,"sub":"u-1","token_type":"Bearer"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_hand_made_answer_verifies_so_the_cases_below_test_one_thing_each() {
+        let jws = hand_made(HS_HEADER, &hs_payload(""));
+        assert_eq!(check(SigningAlg::HS256, &jws).unwrap()["sub"], "u-1");
+    }
+
+    #[test]
+    fn a_crit_header_parameter_is_refused() {
+        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","crit":["exp"]}"#;
+        let jws = hand_made(header, &hs_payload(""));
+        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Crit));
+    }
+
+    #[test]
+    fn a_duplicated_member_in_the_payload_is_refused() {
+        let payload = hs_payload(r#""token_introspection":{"active":false},"#);
+        let jws = hand_made(HS_HEADER, &payload);
+        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Ambiguous));
+        let nested = hs_payload("").replace(r#""sub":"u-1""#, r#""sub":"u-1","sub":"u-2""#);
+        let jws = hand_made(HS_HEADER, &nested);
+        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Ambiguous));
+    }
+
+    #[test]
+    fn a_duplicated_header_parameter_is_refused() {
+        // jwt-compact's own header parser already refuses it (its derived fields).
+        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","typ":"JWT"}"#;
+        let jws = hand_made(header, &hs_payload(""));
+        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Format));
+        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","x":1,"x":2}"#;
+        let jws = hand_made(header, &hs_payload(""));
+        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Ambiguous));
+    }
+
+    #[test]
+    fn a_past_jwt_exp_is_refused() {
+        let jws = hand_made(HS_HEADER, &hs_payload(&format!(r#""exp":{},"#, NOW - 31)));
+        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Expired));
+        let jws = hand_made(HS_HEADER, &hs_payload(&format!(r#""exp":{},"#, NOW + 60)));
+        assert!(check(SigningAlg::HS256, &jws).is_ok());
+    }
+
+    #[test]
+    fn a_future_jwt_nbf_is_refused() {
+        let jws = hand_made(HS_HEADER, &hs_payload(&format!(r#""nbf":{},"#, NOW + 31)));
+        assert_eq!(
+            check(SigningAlg::HS256, &jws),
+            Err(VerifyError::NotYetValid)
+        );
+        let jws = hand_made(HS_HEADER, &hs_payload(&format!(r#""nbf":{},"#, NOW)));
+        assert!(check(SigningAlg::HS256, &jws).is_ok());
+    }
+
+    #[test]
+    fn a_non_numeric_jwt_exp_is_a_malformed_payload() {
+        let jws = hand_made(HS_HEADER, &hs_payload(r#""exp":"soon","#));
+        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Payload));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod fault;
 pub mod gate;
 pub mod headers;
 pub mod host;
+pub mod json;
 pub mod jwt;
 pub mod mock;
 pub mod reply;

@@ -32,6 +32,7 @@ impl std::fmt::Debug for Answer<'_> {
 pub use crate::fault::Fault;
 use crate::fault::OAuthError;
 use crate::host::Host;
+use crate::json::{self, JsonError};
 
 /// A callout answer, owned (kept while a signed answer waits for keys). `Debug` omits the body.
 #[derive(Clone, Default)]
@@ -126,9 +127,10 @@ pub fn parse_json_answer(answer: &Answer<'_>) -> Result<Claims, Fault> {
 
 /// Parses a JSON object (the answer body, or a JWT payload's member).
 pub fn parse_claims(body: &[u8]) -> Result<Claims, Fault> {
-    match serde_json::from_slice::<Value>(body) {
+    match json::parse_strict(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) | Err(_) => Err(Fault::NotJson),
+        Err(JsonError::Duplicate) => Err(Fault::Ambiguous),
+        Ok(_) | Err(JsonError::Syntax) => Err(Fault::NotJson),
     }
 }
 
