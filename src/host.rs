@@ -69,6 +69,16 @@ fn ok(status: Status) -> Result<(), Status> {
     }
 }
 
+/// A whole header map, serialised.
+fn header_pairs(map: MapType) -> Result<Vec<u8>, HostError> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: out-pointers are valid locals; the host fills them with an allocation of ours.
+    unsafe {
+        ok(proxy_get_header_map_pairs(map, &mut data, &mut size)).map_err(host_error)?;
+        Ok(owned(data, size))
+    }
+}
+
 /// One header's value (the first, if there are several), `None` if absent.
 pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
     let mut data = null_mut();
@@ -111,12 +121,12 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
     }
 }
 
-/// Removes every value of a request header.
-pub fn remove_request_header(name: &str) -> Result<(), Status> {
+/// Removes every value of a header (or trailer) of the request.
+pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
     // SAFETY: pointer to a live slice, length matches.
     unsafe {
         ok(proxy_remove_header_map_value(
-            MapType::HttpRequestHeaders,
+            map,
             name.as_ptr(),
             name.len(),
         ))
@@ -242,14 +252,11 @@ impl Host for Envoy {
     }
 
     fn request_headers(&self) -> Result<Vec<u8>, HostError> {
-        let (mut data, mut size) = (null_mut(), 0);
-        // SAFETY: out-pointers are valid locals; the host fills them with an allocation of ours.
-        unsafe {
-            let status =
-                proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size);
-            ok(status).map_err(host_error)?;
-            Ok(owned(data, size))
-        }
+        header_pairs(MapType::HttpRequestHeaders)
+    }
+
+    fn request_trailers(&self) -> Result<Vec<u8>, HostError> {
+        header_pairs(MapType::HttpRequestTrailers)
     }
 
     fn dispatch(

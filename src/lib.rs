@@ -11,11 +11,11 @@ mod host;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use introspection_core::gate::{Effects, Gate, Step, Verdict};
-use introspection_core::{reply, Config};
+use introspection_core::gate::{Effects, Gate, Step, Trailers, Verdict};
+use introspection_core::{reply, Config, HostError};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     // Installs the SDK's logger and a panic hook that logs at critical level before the abort.
@@ -159,8 +159,35 @@ impl HttpContext for Request {
         self.hold_until_allowed()
     }
 
+    /// Identity fields are stripped from trailers too (an upstream that reads trailers must
+    /// not find a forged `x-user-sub` there).
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.hold_until_allowed()
+        let Some(vm) = &self.vm else {
+            return Action::Pause;
+        };
+        let step = {
+            let Vm { gate, host } = &mut *vm.borrow_mut();
+            gate.on_request_trailers(self.id, host)
+        };
+        match step {
+            Trailers::Strip { remove, hold } => {
+                for name in &remove {
+                    if let Err(status) = host::remove_header(MapType::HttpRequestTrailers, name) {
+                        let e = HostError::Status(status as u32);
+                        return apply(vm, self.id, fail_allow(vm, self.id, e), false);
+                    }
+                }
+                if hold {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
+            }
+            Trailers::Refuse(reply) => {
+                send_reply(self.id, &reply);
+                Action::Pause
+            }
+        }
     }
 }
 
@@ -205,10 +232,7 @@ fn apply(vm: &VmRef, id: u32, verdict: Verdict, resume: bool) -> Action {
                 }
                 return Action::Continue;
             }
-            Err(e) => {
-                let Vm { gate, host } = &mut *vm.borrow_mut();
-                gate.allow_failed(id, e, host)
-            }
+            Err(e) => fail_allow(vm, id, e),
         },
         deny => deny,
     };
@@ -218,13 +242,16 @@ fn apply(vm: &VmRef, id: u32, verdict: Verdict, resume: bool) -> Action {
     Action::Pause
 }
 
-fn edit_headers(
-    remove: &[String],
-    set: &[(String, String)],
-) -> Result<(), introspection_core::HostError> {
-    let failed = |s| introspection_core::HostError::Status(s as u32);
+/// The gate's 503 for a request whose headers could not be edited.
+fn fail_allow(vm: &VmRef, id: u32, e: HostError) -> Verdict {
+    let Vm { gate, host } = &mut *vm.borrow_mut();
+    gate.allow_failed(id, e, host)
+}
+
+fn edit_headers(remove: &[String], set: &[(String, String)]) -> Result<(), HostError> {
+    let failed = |s| HostError::Status(s as u32);
     for name in remove {
-        host::remove_request_header(name).map_err(failed)?;
+        host::remove_header(MapType::HttpRequestHeaders, name).map_err(failed)?;
     }
     for (name, value) in set {
         host::set_request_header(name, value).map_err(failed)?;

@@ -28,6 +28,7 @@ use crate::config::{Config, KeySource};
 use crate::decision::{self, Claims, Decision, Denial};
 use crate::discovery::{self, Endpoints};
 use crate::fault::{Fault, HostError};
+use crate::floodlog::{loggable_request_id, FloodLog};
 use crate::headers::decode_pairs;
 use crate::host::{Counter, Histogram, Host};
 use crate::jwt::{KeySet, VerifyError};
@@ -65,6 +66,15 @@ pub enum Step {
     Verdict(Verdict),
     /// Wait: a verdict will come in [`Effects`].
     Pause,
+}
+
+/// What to do with a request's trailers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trailers {
+    /// Remove these fields; `hold` while the request is not allowed yet.
+    Strip { remove: Vec<String>, hold: bool },
+    /// The trailers could not be read: answer 503.
+    Refuse(LocalReply),
 }
 
 /// Verdicts for paused requests, by request (context) id, in order.
@@ -106,6 +116,8 @@ struct Waiting {
     fingerprint: [u8; 32],
     /// Identity headers the client sent, removed if the request is let through.
     remove: Vec<String>,
+    /// `x-request-id`, if it can be logged.
+    request_id: Option<String>,
 }
 
 /// One VM's state: its configuration, what it fetched, its caches and its requests.
@@ -128,6 +140,7 @@ pub struct Gate {
     waiting: HashMap<u32, Waiting>,
     flights: HashMap<[u8; 32], Flight>,
     callouts: HashMap<u32, Purpose>,
+    flood: FloodLog,
 }
 
 impl Gate {
@@ -159,6 +172,7 @@ impl Gate {
             waiting: HashMap::new(),
             flights: HashMap::new(),
             callouts: HashMap::new(),
+            flood: FloodLog::default(),
         }
     }
 
@@ -178,6 +192,35 @@ impl Gate {
         self.allowed.contains(&id)
     }
 
+    /// Request `id`'s trailers arrived: the identity fields among them (in every spelling) to
+    /// remove, and whether the request may flow yet. Trailers are stripped whether or not the
+    /// request is allowed yet: once held, they are not shown to the filter again.
+    pub fn on_request_trailers<H: Host>(&mut self, id: u32, host: &mut H) -> Trailers {
+        let hold = !self.is_allowed(id);
+        let raw = match host.request_trailers() {
+            Ok(raw) => raw,
+            Err(e) => return self.trailers_refused(id, e, host),
+        };
+        let Some(pairs) = decode_pairs(&raw) else {
+            return self.trailers_refused(id, HostError::Status(0), host);
+        };
+        let mut remove = Vec::new();
+        for (name, _) in pairs {
+            if self.config.identity.is_identity_header(name) {
+                match std::str::from_utf8(name) {
+                    Ok(name) => remove.push(name.to_string()),
+                    Err(_) => return self.trailers_refused(id, HostError::Status(0), host),
+                }
+            }
+        }
+        Trailers::Strip { remove, hold }
+    }
+
+    fn trailers_refused<H: Host>(&mut self, id: u32, e: HostError, host: &mut H) -> Trailers {
+        let denial = Denial::Unavailable(Fault::Host(e));
+        Trailers::Refuse(self.denied(id, denial, None, host))
+    }
+
     /// Requests paused, waiting for a verdict.
     pub fn paused(&self) -> usize {
         self.waiting.len()
@@ -188,11 +231,13 @@ impl Gate {
         self.config.endpoints.discovery_path.is_some() || remote_keys(&self.config).is_some()
     }
 
+    /// Every second when the VM fetches documents; otherwise often enough to report the
+    /// denials the flood control counted.
     fn base_tick(&self) -> Duration {
         if self.fetches() {
             TICK
         } else {
-            Duration::ZERO
+            Duration::from_secs(crate::floodlog::INTERVAL_SECS.unsigned_abs())
         }
     }
 
@@ -220,23 +265,32 @@ impl Gate {
         let config = self.config.clone();
         let raw = match host.request_headers() {
             Ok(raw) => raw,
-            Err(e) => return self.refuse(id, Denial::Unavailable(Fault::Host(e)), host),
+            Err(e) => return self.refuse(id, Denial::Unavailable(Fault::Host(e)), None, host),
         };
         let Some(pairs) = decode_pairs(&raw) else {
             let fault = Fault::Host(HostError::Status(0));
-            return self.refuse(id, Denial::Unavailable(fault), host);
+            return self.refuse(id, Denial::Unavailable(fault), None, host);
         };
 
         // 1. No client may forge an identity: every header the filter may set, in every
         //    spelling an upstream could read as one (`X_User_Sub`), goes.
         let mut remove = Vec::new();
-        for (name, _) in &pairs {
+        let mut request_id = None;
+        for (name, value) in &pairs {
+            if name.eq_ignore_ascii_case(b"x-request-id") {
+                request_id = loggable_request_id(value);
+            }
             if config.identity.is_identity_header(name) {
                 match std::str::from_utf8(name) {
                     Ok(name) => remove.push(name.to_string()),
                     Err(_) => {
                         let fault = Fault::Host(HostError::Status(0));
-                        return self.refuse(id, Denial::Unavailable(fault), host);
+                        return self.refuse(
+                            id,
+                            Denial::Unavailable(fault),
+                            request_id.as_deref(),
+                            host,
+                        );
                     }
                 }
             }
@@ -250,14 +304,20 @@ impl Gate {
             .collect();
         let token = match bearer::extract(&authorization, config.limits.max_token_length) {
             Credentials::Bearer(token) => token.to_string(),
-            Credentials::Missing => return self.refuse(id, Denial::Missing, host),
-            Credentials::Malformed(m) => return self.refuse(id, Denial::Malformed(m), host),
+            Credentials::Missing => {
+                return self.refuse(id, Denial::Missing, request_id.as_deref(), host)
+            }
+            Credentials::Malformed(m) => {
+                return self.refuse(id, Denial::Malformed(m), request_id.as_deref(), host)
+            }
         };
         drop(pairs);
 
         let now = match self.now(host) {
             Ok(now) => now,
-            Err(fault) => return self.refuse(id, Denial::Unavailable(fault), host),
+            Err(fault) => {
+                return self.refuse(id, Denial::Unavailable(fault), request_id.as_deref(), host)
+            }
         };
 
         // 3. A cached answer (shared by all workers): the policy is applied to it afresh.
@@ -268,7 +328,8 @@ impl Gate {
             if let Some(claims) = self.cached(&key, now, host) {
                 host.count(Counter::CacheHit);
                 let decision = decision::evaluate(&config.policy, &config.identity, &claims, now);
-                return Step::Verdict(self.verdict(id, remove, &decision, host));
+                let verdict = self.verdict(id, remove, request_id.as_deref(), &decision, host);
+                return Step::Verdict(verdict);
             }
             host.count(Counter::CacheMiss);
         }
@@ -281,6 +342,7 @@ impl Gate {
                 Waiting {
                     fingerprint: key.fingerprint,
                     remove,
+                    request_id,
                 },
             );
             host.count(Counter::CalloutCoalesced);
@@ -290,7 +352,12 @@ impl Gate {
 
         // 5. Ask the authorization server; the request waits for its answer.
         let Some(endpoints) = &self.endpoints else {
-            return self.refuse(id, Denial::Unavailable(Fault::NotConfigured), host);
+            return self.refuse(
+                id,
+                Denial::Unavailable(Fault::NotConfigured),
+                request_id.as_deref(),
+                host,
+            );
         };
         let accept = if config.signed.is_some() {
             ACCEPT_JWT
@@ -309,7 +376,12 @@ impl Gate {
             Ok(token_id) => token_id,
             Err(e) => {
                 warn!("[{id}] introspection callout not sent: {e}");
-                return self.refuse(id, Denial::Unavailable(Fault::DispatchFailed), host);
+                return self.refuse(
+                    id,
+                    Denial::Unavailable(Fault::DispatchFailed),
+                    request_id.as_deref(),
+                    host,
+                );
             }
         };
         host.count(Counter::CalloutSent);
@@ -321,6 +393,7 @@ impl Gate {
             Waiting {
                 fingerprint: key.fingerprint,
                 remove,
+                request_id,
             },
         );
         self.flights.insert(
@@ -411,6 +484,7 @@ impl Gate {
         &mut self,
         id: u32,
         mut remove: Vec<String>,
+        request_id: Option<&str>,
         decision: &Decision,
         host: &mut H,
     ) -> Verdict {
@@ -427,32 +501,47 @@ impl Gate {
                     set: headers.clone(),
                 }
             }
-            Decision::Deny(denial) => Verdict::Deny(self.denied(id, *denial, host)),
+            Decision::Deny(denial) => Verdict::Deny(self.denied(id, *denial, request_id, host)),
         }
     }
 
     /// Counts and logs a denial; the local reply for it.
-    fn denied<H: Host>(&mut self, id: u32, denial: Denial, host: &mut H) -> LocalReply {
+    fn denied<H: Host>(
+        &mut self,
+        id: u32,
+        denial: Denial,
+        request_id: Option<&str>,
+        host: &mut H,
+    ) -> LocalReply {
         self.allowed.remove(&id);
         host.count(Counter::Denied(denial.kind()));
         match denial {
             Denial::Unavailable(fault) => {
                 host.count(Counter::UnavailableCause(fault.code()));
-                warn!("[{id}] denied (unavailable, {}): {fault}", fault.code());
+                // One line per cause per interval, not one per request, during an outage.
+                if let Some(line) = self.flood.note(fault.code(), self.last_now, request_id) {
+                    warn!("{line}: {fault}");
+                }
             }
             other => debug!("[{id}] denied ({}): {other}", other.cause()),
         }
         reply::for_denial(&self.config.policy, &denial)
     }
 
-    fn refuse<H: Host>(&mut self, id: u32, denial: Denial, host: &mut H) -> Step {
-        Step::Verdict(Verdict::Deny(self.denied(id, denial, host)))
+    fn refuse<H: Host>(
+        &mut self,
+        id: u32,
+        denial: Denial,
+        request_id: Option<&str>,
+        host: &mut H,
+    ) -> Step {
+        Step::Verdict(Verdict::Deny(self.denied(id, denial, request_id, host)))
     }
 
     /// The adapter could not apply an `Allow` (a header could not be set or removed): the
     /// request is answered 503 instead.
     pub fn allow_failed<H: Host>(&mut self, id: u32, error: HostError, host: &mut H) -> Verdict {
-        Verdict::Deny(self.denied(id, Denial::Unavailable(Fault::Host(error)), host))
+        Verdict::Deny(self.denied(id, Denial::Unavailable(Fault::Host(error)), None, host))
     }
 
     // ---- Callout answers ----------------------------------------------------------------
@@ -610,12 +699,11 @@ impl Gate {
         }
         let mut effects = Effects::with_capacity(flight.members.len());
         for id in flight.members {
-            let remove = self
-                .waiting
-                .remove(&id)
-                .map(|w| w.remove)
-                .unwrap_or_default();
-            let verdict = self.verdict(id, remove, &decision, host);
+            let (remove, request_id) = match self.waiting.remove(&id) {
+                Some(w) => (w.remove, w.request_id),
+                None => (Vec::new(), None),
+            };
+            let verdict = self.verdict(id, remove, request_id.as_deref(), &decision, host);
             effects.push((id, verdict));
         }
         effects
@@ -739,6 +827,9 @@ impl Gate {
     /// The tick: sends the fetches that are due and the introspections whose sender went away.
     pub fn on_tick<H: Host>(&mut self, host: &mut H) -> Effects {
         let effects = self.maintain(host);
+        for line in self.flood.flush(self.last_now) {
+            warn!("{line}");
+        }
         if std::mem::take(&mut self.kicked) {
             if let Err(e) = host.set_tick_period(self.base_tick()) {
                 warn!("cannot restore the tick period: {e}");

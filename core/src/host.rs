@@ -93,6 +93,8 @@ pub trait Host {
 
     /// The current request's headers, serialised (see [`crate::headers::decode_pairs`]).
     fn request_headers(&self) -> Result<Vec<u8>, HostError>;
+    /// The current request's trailers, serialised.
+    fn request_trailers(&self) -> Result<Vec<u8>, HostError>;
 
     /// Sends a callout; returns its token. The answer comes back through the core's
     /// `on_callout_response` with that token.

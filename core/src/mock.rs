@@ -66,6 +66,8 @@ pub struct MockHost {
     pub request: Vec<(Vec<u8>, Vec<u8>)>,
     /// Fail `request_headers`.
     pub request_headers_fail: bool,
+    /// The trailers of the request being handled.
+    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
     pub dispatched: Vec<Dispatched>,
     /// Refuse dispatches.
     pub dispatch_fails: bool,
@@ -143,6 +145,10 @@ impl Host for MockHost {
             return Err(HostError::Status(2));
         }
         Ok(encode_pairs(&self.request))
+    }
+
+    fn request_trailers(&self) -> Result<Vec<u8>, HostError> {
+        Ok(encode_pairs(&self.trailers))
     }
 
     fn dispatch(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use introspection_core::gate::{Effects, Gate, Step, Verdict};
+use introspection_core::gate::{Effects, Gate, Step, Trailers, Verdict};
 use introspection_core::mock::{MockAnswer, MockHost};
 use introspection_core::Config;
 use jwt_compact::alg::Es256;
@@ -801,17 +801,59 @@ fn the_jwks_is_refreshed_on_its_timer() {
 #[test]
 fn the_tick_returns_to_its_period_after_an_early_tick() {
     let mut vm = Vm::plain();
+    let slow = Duration::from_secs(10);
     assert_eq!(
         vm.host.ticks,
-        vec![Duration::ZERO],
-        "plain mode does not tick"
+        vec![slow],
+        "plain mode ticks only for the log flood control"
     );
     vm.request(1, "tok");
     vm.request(2, "tok");
     vm.done(1);
     vm.tick();
+    assert_eq!(vm.host.ticks, vec![slow, Duration::from_millis(1), slow]);
+}
+
+// ---- Trailers -------------------------------------------------------------------------------
+
+#[test]
+fn identity_fields_in_trailers_are_stripped_in_every_spelling_and_held_until_allowed() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.host.trailers = vec![
+        (b"x-user-sub".to_vec(), b"mallory".to_vec()),
+        (b"X_User_Sub".to_vec(), b"mallory".to_vec()),
+        (b"grpc-status".to_vec(), b"0".to_vec()),
+    ];
+    let step = vm.gate.on_request_trailers(1, &mut vm.host);
     assert_eq!(
-        vm.host.ticks,
-        vec![Duration::ZERO, Duration::from_millis(1), Duration::ZERO]
+        step,
+        Trailers::Strip {
+            remove: vec!["x-user-sub".into(), "X_User_Sub".into()],
+            hold: true
+        }
+    );
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    let step = vm.gate.on_request_trailers(1, &mut vm.host);
+    assert!(matches!(step, Trailers::Strip { hold: false, .. }));
+}
+
+// ---- Log flood control ------------------------------------------------------------------------
+
+#[test]
+fn an_outage_is_counted_per_cause_and_every_request_still_answered() {
+    let mut vm = Vm::plain();
+    vm.host.dispatch_fails = true;
+    for id in 1..=200 {
+        let token = format!("tok-{id}");
+        assert_eq!(
+            step_details(&vm.request(id, &token)),
+            "introspection_unavailable_dispatch_failed"
+        );
+    }
+    assert_eq!(
+        vm.host
+            .counter("introspection.denied.unavailable.dispatch_failed"),
+        200
     );
 }
