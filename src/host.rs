@@ -47,6 +47,8 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> Status;
     fn proxy_get_log_level(out: *mut u32) -> Status;
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
+    fn proxy_get_property(path_p: *const u8, path_n: usize, out_p: *mut *mut u8,
+        out_n: *mut usize) -> Status;
 }
 
 /// Takes ownership of memory the host allocated through the SDK's `proxy_on_memory_allocate`
@@ -257,6 +259,22 @@ impl Host for Envoy {
 
     fn request_trailers(&self) -> Result<Vec<u8>, HostError> {
         header_pairs(MapType::HttpRequestTrailers)
+    }
+
+    fn route_name(&self) -> Result<Option<String>, HostError> {
+        let path = b"route_name"; // a one-segment property path
+        let (mut data, mut size) = (null_mut(), 0);
+        // SAFETY: out-pointers are valid locals; `path` outlives the call.
+        let bytes = unsafe {
+            match proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) {
+                Status::Ok => owned(data, size),
+                Status::NotFound => return Ok(None),
+                other => return Err(host_error(other)),
+            }
+        };
+        Ok(String::from_utf8(bytes)
+            .ok()
+            .filter(|name| !name.is_empty()))
     }
 
     fn dispatch(

@@ -1,5 +1,35 @@
 //! Reading the bearer token from the request (RFC 6750 §2.1).
 
+/// How clients write the token after `Bearer ` (`bearer_encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BearerEncoding {
+    /// The access token as issued (RFC 6750).
+    #[default]
+    Raw,
+    /// `base64(access_token)`, as services built from ProConnect's example send it.
+    Base64,
+    /// Either: a strict standard-base64 value that decodes to a valid token is used decoded
+    /// (as La Suite's resource-server library does), anything else as is.
+    RawOrBase64,
+}
+
+/// The access token a bearer credential stands for, under `encoding`.
+pub fn decode(credential: &str, encoding: BearerEncoding) -> Result<String, Malformed> {
+    let decoded = || {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(credential)
+            .ok()?;
+        (is_b64token(&bytes)).then(|| String::from_utf8(bytes).ok())?
+    };
+    match encoding {
+        BearerEncoding::Raw => Ok(credential.to_string()),
+        BearerEncoding::Base64 => decoded().ok_or(Malformed::Encoding),
+        BearerEncoding::RawOrBase64 => Ok(decoded().unwrap_or_else(|| credential.to_string())),
+    }
+}
+
 /// What the request's `Authorization` headers hold. `Debug` never prints the token.
 #[derive(PartialEq, Eq)]
 pub enum Credentials<'a> {
@@ -30,6 +60,8 @@ pub enum Malformed {
     Scheme,
     TooLong,
     Syntax,
+    /// `bearer_encoding: base64` and the credential is not base64 of a token.
+    Encoding,
 }
 
 impl Malformed {
@@ -42,6 +74,7 @@ impl Malformed {
             Malformed::Scheme => "not_bearer",
             Malformed::TooLong => "too_long",
             Malformed::Syntax => "not_b64token",
+            Malformed::Encoding => "not_base64",
         }
     }
 
@@ -54,6 +87,7 @@ impl Malformed {
             Malformed::Scheme => "Authorization scheme is not Bearer",
             Malformed::TooLong => "bearer token too long",
             Malformed::Syntax => "bearer token is not a b64token",
+            Malformed::Encoding => "bearer credential is not the base64 of a token",
         }
     }
 }
@@ -170,6 +204,51 @@ mod tests {
         assert_eq!(
             extract(&[b"Bearer a", b"Bearer a"], 10),
             Credentials::Malformed(Malformed::Several)
+        );
+    }
+
+    #[test]
+    fn base64_credentials_are_decoded_when_asked() {
+        use base64::Engine as _;
+        let raw = "ProConnect-token_value.1";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        assert_eq!(decode(&b64, BearerEncoding::Base64).as_deref(), Ok(raw));
+        assert_eq!(
+            decode(&b64, BearerEncoding::RawOrBase64).as_deref(),
+            Ok(raw)
+        );
+        assert_eq!(
+            decode(&b64, BearerEncoding::Raw).as_deref(),
+            Ok(b64.as_str())
+        );
+        assert_eq!(
+            decode(raw, BearerEncoding::Base64),
+            Err(Malformed::Encoding)
+        );
+        assert_eq!(decode(raw, BearerEncoding::RawOrBase64).as_deref(), Ok(raw));
+    }
+
+    #[test]
+    fn base64_of_something_that_is_not_a_token_stays_raw() {
+        use base64::Engine as _;
+        // Decodes, but to bytes that are no b64token: the credential is the token itself.
+        let odd = base64::engine::general_purpose::STANDARD.encode([0xff, 0x00, 0x20, 0x41]);
+        assert_eq!(
+            decode(&odd, BearerEncoding::RawOrBase64).as_deref(),
+            Ok(odd.as_str())
+        );
+        assert_eq!(
+            decode(&odd, BearerEncoding::Base64),
+            Err(Malformed::Encoding)
+        );
+        // Unpadded or URL-safe base64 is not strict standard base64.
+        assert_eq!(
+            decode("YWJj ", BearerEncoding::Base64),
+            Err(Malformed::Encoding)
+        );
+        assert_eq!(
+            decode("YWI", BearerEncoding::Base64),
+            Err(Malformed::Encoding)
         );
     }
 

@@ -7,7 +7,9 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use crate::bearer::BearerEncoding;
 use crate::jwt::{KeySet, SigningAlg};
+use crate::rules::{self, Access, PathMatch, Requirements, Rule, ScopeMode};
 use crate::secret::Secret;
 
 /// How the filter authenticates to the introspection endpoint (RFC 7662 §2.1, RFC 6749 §2.3.1).
@@ -111,6 +113,43 @@ struct RawConfig {
     iat_max_age_secs: Option<u64>,
     #[serde(default)]
     cache: Option<RawCache>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    bearer_encoding: BearerEncoding,
+}
+
+/// One entry of `rules`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    route_name: Option<String>,
+    path_exact: Option<String>,
+    path_prefix: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    public: bool,
+    required_scopes: Option<Vec<String>>,
+    scope_mode: Option<RawScopeMode>,
+    client_ids: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawScopeMode {
+    AllOf,
+    AnyOf,
+}
+
+impl From<RawScopeMode> for ScopeMode {
+    fn from(raw: RawScopeMode) -> ScopeMode {
+        match raw {
+            RawScopeMode::AllOf => ScopeMode::AllOf,
+            RawScopeMode::AnyOf => ScopeMode::AnyOf,
+        }
+    }
 }
 
 /// `cache` in the configuration.
@@ -238,6 +277,10 @@ pub struct Config {
     /// Signed answers (RFC 9701), or `None` for plain JSON.
     pub signed: Option<Signed>,
     pub cache: CachePolicy,
+    /// Per-route rules, first match wins.
+    pub rules: Vec<Rule>,
+    /// How clients write the token after `Bearer `.
+    pub bearer_encoding: BearerEncoding,
 }
 
 /// Where callouts go.
@@ -283,8 +326,8 @@ pub struct Policy {
     pub expiry_claim: String,
     /// Accept an active answer with no `token_type` at all (servers that never send one).
     pub allow_missing_token_type: bool,
-    /// Scopes that must all be present in the answer's `scope`.
-    pub required_scopes: Vec<String>,
+    /// What a token needs where no rule says otherwise (`required_scopes`, all of them).
+    pub requirements: Requirements,
     pub realm: String,
     /// Whether the client's `Authorization` header reaches the upstream.
     pub forward_authorization: bool,
@@ -381,7 +424,15 @@ impl Config {
         let limits = Limits::compile(&raw)?;
         let signed = Signed::compile(&raw, &target, &endpoints)?;
         let cache = CachePolicy::compile(raw.cache.as_ref())?;
+        let rules = raw
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Rule::compile(i, r))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
+            rules,
+            bearer_encoding: raw.bearer_encoding,
             target,
             client,
             endpoints,
@@ -530,18 +581,7 @@ impl Policy {
                 return Err(ConfigError::new(field, "must not be empty"));
             }
         }
-        let mut required_scopes = Vec::new();
-        for scope in &raw.required_scopes {
-            if scope.is_empty() || !scope.bytes().all(is_scope_byte) {
-                return Err(ConfigError::new(
-                    "required_scopes",
-                    "each scope must be a non-empty scope-token (RFC 6749 §3.3): no spaces, quotes or backslashes",
-                ));
-            }
-            if !required_scopes.contains(scope) {
-                required_scopes.push(scope.clone());
-            }
-        }
+        let scopes = scope_list(&raw.required_scopes, "required_scopes")?;
         if raw.realm.is_empty() || !raw.realm.bytes().all(is_quoted_string_byte) {
             return Err(ConfigError::new(
                 "realm",
@@ -552,7 +592,10 @@ impl Policy {
             user_claim: raw.user_claim.clone(),
             expiry_claim: raw.expiry_claim.clone(),
             allow_missing_token_type: raw.allow_missing_token_type,
-            required_scopes,
+            requirements: Requirements {
+                scopes,
+                ..Requirements::default()
+            },
             realm: raw.realm.clone(),
             forward_authorization: raw.forward_authorization,
         })
@@ -868,6 +911,129 @@ fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ConfigEr
         path
     };
     ConfigError::new(field, reason)
+}
+
+/// Scope tokens (RFC 6749 §3.3), duplicates dropped.
+fn scope_list(scopes: &[String], field: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for scope in scopes {
+        if scope.is_empty() || !scope.bytes().all(is_scope_byte) {
+            return Err(ConfigError::new(
+                field,
+                "each scope must be a non-empty scope-token (RFC 6749 §3.3): no spaces, quotes or backslashes",
+            ));
+        }
+        if !out.contains(scope) {
+            out.push(scope.clone());
+        }
+    }
+    Ok(out)
+}
+
+impl Rule {
+    /// Rule `index` of `rules`; errors name it as `rules[index]` (and its name, if any).
+    fn compile(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
+        let at = match &raw.name {
+            Some(name) if !name.is_empty() && name.bytes().all(is_token_byte) => {
+                format!("rules[{index}] ({name})")
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    format!("rules[{index}].name"),
+                    "must be a token (letters, digits, `-`, `_`, `.`)",
+                ))
+            }
+            None => format!("rules[{index}]"),
+        };
+        let field = |f: &str| format!("{at}.{f}");
+        let path = match (&raw.path_exact, &raw.path_prefix) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field("path_prefix"),
+                    "give either `path_exact` or `path_prefix`, not both",
+                ))
+            }
+            (Some(p), None) => Some(PathMatch::Exact(rule_path(p, &field("path_exact"))?)),
+            (None, Some(p)) => Some(PathMatch::Prefix(rule_path(p, &field("path_prefix"))?)),
+            (None, None) => None,
+        };
+        if let Some(route) = &raw.route_name {
+            if route.is_empty() || route.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    field("route_name"),
+                    "must be a route name",
+                ));
+            }
+        }
+        if raw.route_name.is_none() && path.is_none() && raw.methods.is_empty() {
+            return Err(ConfigError::new(
+                at,
+                "matches every request: give `route_name`, `path_exact`, `path_prefix` or `methods`",
+            ));
+        }
+        let mut methods = Vec::new();
+        for method in &raw.methods {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ConfigError::new(
+                    field("methods"),
+                    "each method must be upper-case letters (GET, POST...)",
+                ));
+            }
+            methods.push(method.clone());
+        }
+        let protected =
+            raw.required_scopes.is_some() || raw.scope_mode.is_some() || raw.client_ids.is_some();
+        let access = if raw.public {
+            if protected {
+                return Err(ConfigError::new(
+                    field("public"),
+                    "a public rule takes no `required_scopes`, `scope_mode` or `client_ids`",
+                ));
+            }
+            Access::Public
+        } else {
+            let scopes = scope_list(
+                raw.required_scopes.as_deref().unwrap_or_default(),
+                &field("required_scopes"),
+            )?;
+            let client_ids = raw.client_ids.clone().unwrap_or_default();
+            if client_ids
+                .iter()
+                .any(|c| c.is_empty() || c.chars().any(char::is_control))
+            {
+                return Err(ConfigError::new(
+                    field("client_ids"),
+                    "each must be a client_id",
+                ));
+            }
+            Access::Protected(Requirements {
+                scopes,
+                mode: raw.scope_mode.map_or(ScopeMode::AllOf, ScopeMode::from),
+                client_ids,
+            })
+        };
+        Ok(Rule {
+            name: raw
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("rules[{index}]")),
+            route_name: raw.route_name.clone(),
+            path,
+            methods,
+            access,
+        })
+    }
+}
+
+/// A rule's path: absolute and already normal (as Envoy's path normalisation leaves it).
+fn rule_path(path: &str, field: &str) -> Result<String, ConfigError> {
+    if !path.starts_with('/') || !rules::is_normal(path.as_bytes()) || path.contains(['?', '#']) {
+        return Err(ConfigError::new(
+            field,
+            "must be a normalised absolute path without query (no `//`, `.`, `..` or escaped `/`)",
+        ));
+    }
+    Ok(path.to_string())
 }
 
 fn required(value: Option<String>, field: &str) -> Result<String, ConfigError> {
@@ -1187,6 +1353,103 @@ mod tests {
         assert!(!c.endpoints.introspection_path_explicit);
     }
 
+    fn with_rules(rules: serde_json::Value) -> Result<Config, ConfigError> {
+        let v = serde_json::json!({"cluster": "as", "authority": "as", "client_id": "sr",
+            "client_secret": "s", "rules": rules});
+        Config::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn rules_are_compiled_in_order() {
+        let c = with_rules(serde_json::json!([
+            {"name": "health", "path_exact": "/healthz", "public": true},
+            {"path_prefix": "/api/admin/", "methods": ["GET", "POST"],
+             "required_scopes": ["admin"], "scope_mode": "any_of", "client_ids": ["fs"]},
+            {"route_name": "reports"}
+        ]))
+        .unwrap();
+        assert_eq!(c.rules.len(), 3);
+        assert_eq!(c.rules[0].access, Access::Public);
+        assert_eq!(c.rules[1].name, "rules[1]");
+        assert_eq!(
+            c.rules[1].access,
+            Access::Protected(Requirements {
+                scopes: vec!["admin".into()],
+                mode: ScopeMode::AnyOf,
+                client_ids: vec!["fs".into()],
+            })
+        );
+        assert_eq!(c.rules[2].route_name.as_deref(), Some("reports"));
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_naming_the_rule() {
+        for (rules, field) in [
+            (
+                serde_json::json!([{"name": "all", "public": true}]),
+                "rules[0] (all)",
+            ),
+            (
+                serde_json::json!([{"path_exact": "/a", "path_prefix": "/a"}]),
+                "rules[0].path_prefix",
+            ),
+            (
+                serde_json::json!([{"path_prefix": "api"}]),
+                "rules[0].path_prefix",
+            ),
+            (
+                serde_json::json!([{"path_prefix": "/a/../b"}]),
+                "rules[0].path_prefix",
+            ),
+            (
+                serde_json::json!([{"path_exact": "/a?x=1"}]),
+                "rules[0].path_exact",
+            ),
+            (
+                serde_json::json!([{"path_exact": "/a"}, {"name": "x", "methods": ["get"]}]),
+                "rules[1] (x).methods",
+            ),
+            (
+                serde_json::json!([{"path_exact": "/a", "public": true, "required_scopes": ["s"]}]),
+                "rules[0].public",
+            ),
+            (
+                serde_json::json!([{"path_exact": "/a", "required_scopes": ["two words"]}]),
+                "rules[0].required_scopes",
+            ),
+            (
+                serde_json::json!([{"path_exact": "/a", "scope_mode": "some"}]),
+                "rules[0].scope_mode",
+            ),
+            (
+                serde_json::json!([{"path_exact": "/a", "typo": 1}]),
+                "rules[0].typo",
+            ),
+            (
+                serde_json::json!([{"name": "bad name", "path_exact": "/a"}]),
+                "rules[0].name",
+            ),
+        ] {
+            let err = with_rules(rules.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{rules}: {err}");
+        }
+    }
+
+    #[test]
+    fn bearer_encoding_is_one_of_three() {
+        let base = serde_json::json!({"cluster": "as", "authority": "as", "client_id": "sr",
+            "client_secret": "s"});
+        let mut v = base.clone();
+        v["bearer_encoding"] = "raw_or_base64".into();
+        let c = Config::from_json(v.to_string().as_bytes()).unwrap();
+        assert_eq!(c.bearer_encoding, BearerEncoding::RawOrBase64);
+        let c = Config::from_json(base.to_string().as_bytes()).unwrap();
+        assert_eq!(c.bearer_encoding, BearerEncoding::Raw);
+        v["bearer_encoding"] = "base32".into();
+        let err = Config::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field, "bearer_encoding");
+    }
+
     #[test]
     fn ranges_are_checked_with_both_bounds_in_the_message() {
         assert_eq!(in_range(5, 1..=10, "f"), Ok(5));
@@ -1269,7 +1532,7 @@ mod tests {
         assert_eq!(c.target.authority, "as.example:8443");
         assert_eq!(c.target.timeout, Duration::from_millis(1500));
         assert_eq!(c.client.client_id, "sr");
-        assert_eq!(c.policy.required_scopes, vec!["openid", "email"]);
+        assert_eq!(c.policy.requirements.scopes, vec!["openid", "email"]);
         assert_eq!(c.policy.user_claim, "user_id");
         assert_eq!(
             c.identity.identity_headers,

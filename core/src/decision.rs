@@ -5,6 +5,7 @@ use serde_json::Value;
 use crate::bearer::Malformed;
 use crate::config::{Identity, Policy};
 use crate::fault::{Fault, Unusable};
+use crate::rules::Requirements;
 
 pub use crate::claims::{unix_seconds, Claims};
 
@@ -25,6 +26,8 @@ pub enum Invalid {
     NotBearer,
     NoTokenType,
     NoUser,
+    /// The token was obtained by a service this route does not accept.
+    ClientNotAccepted,
 }
 
 impl Invalid {
@@ -37,6 +40,7 @@ impl Invalid {
             Invalid::NotBearer => "not_bearer",
             Invalid::NoTokenType => "no_token_type",
             Invalid::NoUser => "no_user",
+            Invalid::ClientNotAccepted => "client_not_accepted",
         }
     }
 }
@@ -131,7 +135,13 @@ const fn unusable(what: Unusable) -> Decision {
 }
 
 /// Applies the policy to the claims of an answer, at unix time `now`.
-pub fn evaluate(policy: &Policy, identity: &Identity, claims: &Claims, now: i64) -> Decision {
+pub fn evaluate(
+    policy: &Policy,
+    requirements: &Requirements,
+    identity: &Identity,
+    claims: &Claims,
+    now: i64,
+) -> Decision {
     match claims.get("active") {
         Some(Value::Bool(true)) => {}
         Some(Value::Bool(false)) => return deny(Denial::Invalid(Invalid::Inactive)),
@@ -166,18 +176,17 @@ pub fn evaluate(policy: &Policy, identity: &Identity, claims: &Claims, now: i64)
         _ => return deny(Denial::Invalid(Invalid::NoUser)),
     };
 
-    if !policy.required_scopes.is_empty() {
-        let granted = match claims.get("scope") {
-            Some(Value::String(s)) => s.as_str(),
-            _ => "",
-        };
-        let has_all = policy
-            .required_scopes
-            .iter()
-            .all(|needed| granted.split(' ').any(|g| g == needed));
-        if !has_all {
-            return deny(Denial::InsufficientScope);
-        }
+    // The service that obtained the token must be one this route accepts.
+    let client_id = claims.get("client_id").and_then(Value::as_str);
+    if !requirements.client_accepted(client_id) {
+        return deny(Denial::Invalid(Invalid::ClientNotAccepted));
+    }
+    let granted = match claims.get("scope") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => "",
+    };
+    if !requirements.scopes_met(granted) {
+        return deny(Denial::InsufficientScope);
     }
 
     let mut headers = Vec::with_capacity(1 + identity.claim_headers.len());
@@ -257,7 +266,7 @@ mod tests {
     }
 
     fn evaluate_with(c: &Config, claims: &Claims, now: i64) -> Decision {
-        evaluate(&c.policy, &c.identity, claims, now)
+        evaluate(&c.policy, &c.policy.requirements, &c.identity, claims, now)
     }
 
     fn proconnect_active() -> Claims {
@@ -287,52 +296,73 @@ mod tests {
         let c = config(json!({}));
         let inactive = json!({"active": false}).as_object().unwrap().clone();
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &inactive, NOW).kind(),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                &inactive,
+                NOW
+            )
+            .kind(),
             "inactive"
         );
 
         let mut expired = proconnect_active();
         expired.insert("exp".into(), json!(NOW));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &expired, NOW).kind(),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                &expired,
+                NOW
+            )
+            .kind(),
             "inactive"
         );
 
         let mut refresh = proconnect_active();
         refresh.remove("token_type");
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &refresh, NOW).kind(),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                &refresh,
+                NOW
+            )
+            .kind(),
             "inactive"
         );
 
         let mut other = proconnect_active();
         other.insert("token_type".into(), json!("refresh_token"));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &other, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &other, NOW).kind(),
             "inactive"
         );
 
         let mut nbf = proconnect_active();
         nbf.insert("nbf".into(), json!(NOW + 10));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &nbf, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &nbf, NOW).kind(),
             "inactive"
         );
 
         let mut no_sub = proconnect_active();
         no_sub.remove("sub");
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &no_sub, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &no_sub, NOW).kind(),
             "inactive"
         );
         no_sub.insert("sub".into(), json!(""));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &no_sub, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &no_sub, NOW).kind(),
             "inactive"
         );
         no_sub.insert("sub".into(), json!(42));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &no_sub, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &no_sub, NOW).kind(),
             "inactive"
         );
     }
@@ -352,20 +382,27 @@ mod tests {
         let c = config(json!({}));
         for bad in [json!({}), json!({"active": "true"}), json!({"active": 1})] {
             assert_eq!(
-                evaluate(&c.policy, &c.identity, bad.as_object().unwrap(), NOW).kind(),
+                evaluate(
+                    &c.policy,
+                    &c.policy.requirements,
+                    &c.identity,
+                    bad.as_object().unwrap(),
+                    NOW
+                )
+                .kind(),
                 "unavailable"
             );
         }
         let mut a = proconnect_active();
         a.insert("exp".into(), json!("soon"));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &a, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW).kind(),
             "unavailable"
         );
         let mut a = proconnect_active();
         a.insert("sub".into(), json!("abc\r\nx-admin: 1"));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &a, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW).kind(),
             "unavailable"
         );
     }
@@ -377,12 +414,25 @@ mod tests {
         let a = json!({"active": true, "user_id": "jdoe", "expires": (NOW + 60).to_string(),
             "client_id": "c", "scope": "openid"});
         assert_eq!(
-            evaluate(&c.policy, &c.identity, a.as_object().unwrap(), NOW),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                a.as_object().unwrap(),
+                NOW
+            ),
             Decision::Allow(vec![("x-user-sub".into(), "jdoe".into())])
         );
         let expired = json!({"active": true, "user_id": "jdoe", "expires": NOW - 1});
         assert_eq!(
-            evaluate(&c.policy, &c.identity, expired.as_object().unwrap(), NOW).kind(),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                expired.as_object().unwrap(),
+                NOW
+            )
+            .kind(),
             "inactive"
         );
         // Without the switch, a missing token_type is refused.
@@ -390,6 +440,7 @@ mod tests {
         assert_eq!(
             evaluate(
                 &strict.policy,
+                &strict.policy.requirements,
                 &strict.identity,
                 a.as_object().unwrap(),
                 NOW
@@ -403,24 +454,50 @@ mod tests {
     fn required_scopes_must_all_be_present() {
         let c = config(json!({"required_scopes": ["openid", "email"]}));
         assert!(matches!(
-            evaluate(&c.policy, &c.identity, &proconnect_active(), NOW),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                &proconnect_active(),
+                NOW
+            ),
             Decision::Allow(_)
         ));
         let c = config(json!({"required_scopes": ["openid", "locations"]}));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &proconnect_active(), NOW),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                &proconnect_active(),
+                NOW
+            ),
             Decision::Deny(Denial::InsufficientScope)
         );
         // A prefix is not the scope.
         let c = config(json!({"required_scopes": ["mail"]}));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &proconnect_active(), NOW).kind(),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                &proconnect_active(),
+                NOW
+            )
+            .kind(),
             "scope"
         );
         let mut no_scope = proconnect_active();
         no_scope.remove("scope");
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &no_scope, NOW).kind(),
+            evaluate(
+                &c.policy,
+                &c.policy.requirements,
+                &c.identity,
+                &no_scope,
+                NOW
+            )
+            .kind(),
             "scope"
         );
     }
@@ -432,7 +509,8 @@ mod tests {
             "exp": "x-token-exp"}}));
         let mut a = proconnect_active();
         a.insert("groups".into(), json!(["a", "b"]));
-        let Decision::Allow(h) = evaluate(&c.policy, &c.identity, &a, NOW) else {
+        let Decision::Allow(h) = evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW)
+        else {
             panic!("not allowed")
         };
         assert!(h.contains(&("x-token-client-id".into(), "fs".into())));
@@ -446,7 +524,7 @@ mod tests {
 
         a.insert("groups".into(), json!({"x": 1}));
         assert_eq!(
-            evaluate(&c.policy, &c.identity, &a, NOW).kind(),
+            evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW).kind(),
             "unavailable"
         );
     }

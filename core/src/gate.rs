@@ -34,6 +34,7 @@ use crate::host::{Counter, Histogram, Host};
 use crate::jwt::{KeySet, VerifyError};
 use crate::reply::{self, LocalReply};
 use crate::response::{self, AnswerError, StoredAnswer};
+use crate::rules::{self, Access, Facts, Requirements};
 use crate::schedule::FetchSchedule;
 
 /// The VM's regular tick when it fetches documents.
@@ -116,8 +117,36 @@ struct Waiting {
     fingerprint: [u8; 32],
     /// Identity headers the client sent, removed if the request is let through.
     remove: Vec<String>,
-    /// `x-request-id`, if it can be logged.
+    who: Who,
+}
+
+impl Waiting {
+    fn new(fingerprint: [u8; 32], remove: Vec<String>, who: Who) -> Waiting {
+        Waiting {
+            fingerprint,
+            remove,
+            who,
+        }
+    }
+}
+
+/// Whom a verdict is for: the request, its loggable `x-request-id`, the rule that applies.
+#[derive(Debug, Clone)]
+struct Who {
+    id: u32,
     request_id: Option<String>,
+    /// Index in `rules` of the rule that matched, if any.
+    rule: Option<usize>,
+}
+
+impl Who {
+    fn new(id: u32) -> Who {
+        Who {
+            id,
+            request_id: None,
+            rule: None,
+        }
+    }
 }
 
 /// One VM's state: its configuration, what it fetched, its caches and its requests.
@@ -218,7 +247,7 @@ impl Gate {
 
     fn trailers_refused<H: Host>(&mut self, id: u32, e: HostError, host: &mut H) -> Trailers {
         let denial = Denial::Unavailable(Fault::Host(e));
-        Trailers::Refuse(self.denied(id, denial, None, host))
+        Trailers::Refuse(self.denied(&Who::new(id), denial, host))
     }
 
     /// Requests paused, waiting for a verdict.
@@ -263,101 +292,110 @@ impl Gate {
     /// Decides what to do with request `id` from its headers.
     pub fn on_request_headers<H: Host>(&mut self, id: u32, host: &mut H) -> Step {
         let config = self.config.clone();
+        let mut who = Who::new(id);
         let raw = match host.request_headers() {
             Ok(raw) => raw,
-            Err(e) => return self.refuse(id, Denial::Unavailable(Fault::Host(e)), None, host),
+            Err(e) => return self.refuse(&who, Denial::Unavailable(Fault::Host(e)), host),
         };
         let Some(pairs) = decode_pairs(&raw) else {
             let fault = Fault::Host(HostError::Status(0));
-            return self.refuse(id, Denial::Unavailable(fault), None, host);
+            return self.refuse(&who, Denial::Unavailable(fault), host);
         };
 
         // 1. No client may forge an identity: every header the filter may set, in every
         //    spelling an upstream could read as one (`X_User_Sub`), goes.
         let mut remove = Vec::new();
-        let mut request_id = None;
+        let (mut path, mut method): (&[u8], &[u8]) = (b"", b"");
+        let mut authorization: Vec<&[u8]> = Vec::new();
         for (name, value) in &pairs {
-            if name.eq_ignore_ascii_case(b"x-request-id") {
-                request_id = loggable_request_id(value);
+            match *name {
+                b":path" => path = value,
+                b":method" => method = value,
+                n if n.eq_ignore_ascii_case(b"authorization") => authorization.push(value),
+                n if n.eq_ignore_ascii_case(b"x-request-id") => {
+                    who.request_id = loggable_request_id(value)
+                }
+                _ => {}
             }
             if config.identity.is_identity_header(name) {
                 match std::str::from_utf8(name) {
                     Ok(name) => remove.push(name.to_string()),
                     Err(_) => {
                         let fault = Fault::Host(HostError::Status(0));
-                        return self.refuse(
-                            id,
-                            Denial::Unavailable(fault),
-                            request_id.as_deref(),
-                            host,
-                        );
+                        return self.refuse(&who, Denial::Unavailable(fault), host);
                     }
                 }
             }
         }
 
-        // 2. Exactly one well-formed bearer token.
-        let authorization: Vec<&[u8]> = pairs
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"authorization"))
-            .map(|(_, v)| *v)
-            .collect();
-        let token = match bearer::extract(&authorization, config.limits.max_token_length) {
-            Credentials::Bearer(token) => token.to_string(),
-            Credentials::Missing => {
-                return self.refuse(id, Denial::Missing, request_id.as_deref(), host)
+        // 2. The first rule that matches decides what the request needs.
+        if !config.rules.is_empty() {
+            let route_name = if rules::need_route_name(&config.rules) {
+                match host.route_name() {
+                    Ok(name) => name,
+                    Err(e) => return self.refuse(&who, Denial::Unavailable(Fault::Host(e)), host),
+                }
+            } else {
+                None
+            };
+            let facts = Facts {
+                route_name: route_name.as_deref(),
+                path,
+                method,
+            };
+            if let Some((index, rule)) = rules::select(&config.rules, &facts) {
+                who.rule = Some(index);
+                if rule.access == Access::Public {
+                    host.count(Counter::Public);
+                    debug!("[{id}] public by rule `{}`", rule.name);
+                    return Step::Verdict(self.public(id, remove));
+                }
             }
-            Credentials::Malformed(m) => {
-                return self.refuse(id, Denial::Malformed(m), request_id.as_deref(), host)
-            }
+        }
+
+        // 3. Exactly one well-formed bearer token.
+        let credential = match bearer::extract(&authorization, config.limits.max_token_length) {
+            Credentials::Bearer(credential) => credential,
+            Credentials::Missing => return self.refuse(&who, Denial::Missing, host),
+            Credentials::Malformed(m) => return self.refuse(&who, Denial::Malformed(m), host),
+        };
+        let token = match bearer::decode(credential, config.bearer_encoding) {
+            Ok(token) => token,
+            Err(m) => return self.refuse(&who, Denial::Malformed(m), host),
         };
         drop(pairs);
 
         let now = match self.now(host) {
             Ok(now) => now,
-            Err(fault) => {
-                return self.refuse(id, Denial::Unavailable(fault), request_id.as_deref(), host)
-            }
+            Err(fault) => return self.refuse(&who, Denial::Unavailable(fault), host),
         };
 
-        // 3. A cached answer (shared by all workers): the policy is applied to it afresh.
+        // 4. A cached answer (shared by all workers): the policy is applied to it afresh.
         let key = self
             .cache_keys
             .key_for(&token, config.cache.max_entries.max(1));
         if config.cache.enabled() {
             if let Some(claims) = self.cached(&key, now, host) {
                 host.count(Counter::CacheHit);
-                let decision = decision::evaluate(&config.policy, &config.identity, &claims, now);
-                let verdict = self.verdict(id, remove, request_id.as_deref(), &decision, host);
-                return Step::Verdict(verdict);
+                let decision = self.decide(&who, &claims, now);
+                return Step::Verdict(self.verdict(&who, remove, &decision, host));
             }
             host.count(Counter::CacheMiss);
         }
 
-        // 4. One callout per token at a time in this VM: join the one in flight.
+        // 5. One callout per token at a time in this VM: join the one in flight.
         if let Some(flight) = self.flights.get_mut(&key.fingerprint) {
             flight.members.push(id);
-            self.waiting.insert(
-                id,
-                Waiting {
-                    fingerprint: key.fingerprint,
-                    remove,
-                    request_id,
-                },
-            );
+            self.waiting
+                .insert(id, Waiting::new(key.fingerprint, remove, who));
             host.count(Counter::CalloutCoalesced);
             debug!("[{id}] waiting for the introspection in flight");
             return Step::Pause;
         }
 
-        // 5. Ask the authorization server; the request waits for its answer.
+        // 6. Ask the authorization server; the request waits for its answer.
         let Some(endpoints) = &self.endpoints else {
-            return self.refuse(
-                id,
-                Denial::Unavailable(Fault::NotConfigured),
-                request_id.as_deref(),
-                host,
-            );
+            return self.refuse(&who, Denial::Unavailable(Fault::NotConfigured), host);
         };
         let accept = if config.signed.is_some() {
             ACCEPT_JWT
@@ -376,26 +414,15 @@ impl Gate {
             Ok(token_id) => token_id,
             Err(e) => {
                 warn!("[{id}] introspection callout not sent: {e}");
-                return self.refuse(
-                    id,
-                    Denial::Unavailable(Fault::DispatchFailed),
-                    request_id.as_deref(),
-                    host,
-                );
+                return self.refuse(&who, Denial::Unavailable(Fault::DispatchFailed), host);
             }
         };
         host.count(Counter::CalloutSent);
         debug!("[{id}] introspection callout sent");
         self.callouts
             .insert(token_id, Purpose::Introspection(key.fingerprint));
-        self.waiting.insert(
-            id,
-            Waiting {
-                fingerprint: key.fingerprint,
-                remove,
-                request_id,
-            },
-        );
+        self.waiting
+            .insert(id, Waiting::new(key.fingerprint, remove, who));
         self.flights.insert(
             key.fingerprint,
             Flight {
@@ -408,6 +435,36 @@ impl Gate {
             },
         );
         Step::Pause
+    }
+
+    /// The requirements that apply to a request: its rule's, or the top-level ones.
+    fn requirements(&self, rule: Option<usize>) -> &Requirements {
+        match rule
+            .and_then(|i| self.config.rules.get(i))
+            .map(|r| &r.access)
+        {
+            Some(Access::Protected(requirements)) => requirements,
+            _ => &self.config.policy.requirements,
+        }
+    }
+
+    /// The policy's decision for this request on these claims.
+    fn decide(&self, who: &Who, claims: &Claims, now: i64) -> Decision {
+        let config = &self.config;
+        let requirements = self.requirements(who.rule);
+        decision::evaluate(&config.policy, requirements, &config.identity, claims, now)
+    }
+
+    /// A public route: through, without the identity headers the client sent.
+    fn public(&mut self, id: u32, mut remove: Vec<String>) -> Verdict {
+        self.allowed.insert(id);
+        if !self.config.policy.forward_authorization {
+            remove.push("authorization".to_string());
+        }
+        Verdict::Allow {
+            remove,
+            set: Vec::new(),
+        }
     }
 
     /// A live cached answer for this token: the VM's front first, then shared data.
@@ -479,69 +536,59 @@ impl Gate {
 
     // ---- Verdicts -----------------------------------------------------------------------
 
-    /// The verdict of a decision for request `id`; counts it.
+    /// The verdict of a decision for a request; counts it.
     fn verdict<H: Host>(
         &mut self,
-        id: u32,
+        who: &Who,
         mut remove: Vec<String>,
-        request_id: Option<&str>,
         decision: &Decision,
         host: &mut H,
     ) -> Verdict {
         match decision {
             Decision::Allow(headers) => {
                 host.count(Counter::Allowed);
-                self.allowed.insert(id);
+                self.allowed.insert(who.id);
                 if !self.config.policy.forward_authorization {
                     remove.push("authorization".to_string());
                 }
-                debug!("[{id}] allowed");
+                debug!("[{}] allowed", who.id);
                 Verdict::Allow {
                     remove,
                     set: headers.clone(),
                 }
             }
-            Decision::Deny(denial) => Verdict::Deny(self.denied(id, *denial, request_id, host)),
+            Decision::Deny(denial) => Verdict::Deny(self.denied(who, *denial, host)),
         }
     }
 
     /// Counts and logs a denial; the local reply for it.
-    fn denied<H: Host>(
-        &mut self,
-        id: u32,
-        denial: Denial,
-        request_id: Option<&str>,
-        host: &mut H,
-    ) -> LocalReply {
-        self.allowed.remove(&id);
+    fn denied<H: Host>(&mut self, who: &Who, denial: Denial, host: &mut H) -> LocalReply {
+        self.allowed.remove(&who.id);
         host.count(Counter::Denied(denial.kind()));
         match denial {
             Denial::Unavailable(fault) => {
                 host.count(Counter::UnavailableCause(fault.code()));
                 // One line per cause per interval, not one per request, during an outage.
+                let request_id = who.request_id.as_deref();
                 if let Some(line) = self.flood.note(fault.code(), self.last_now, request_id) {
                     warn!("{line}: {fault}");
                 }
             }
-            other => debug!("[{id}] denied ({}): {other}", other.cause()),
+            other => debug!("[{}] denied ({}): {other}", who.id, other.cause()),
         }
-        reply::for_denial(&self.config.policy, &denial)
+        let requirements = self.requirements(who.rule);
+        reply::for_denial(&self.config.policy, requirements, &denial)
     }
 
-    fn refuse<H: Host>(
-        &mut self,
-        id: u32,
-        denial: Denial,
-        request_id: Option<&str>,
-        host: &mut H,
-    ) -> Step {
-        Step::Verdict(Verdict::Deny(self.denied(id, denial, request_id, host)))
+    fn refuse<H: Host>(&mut self, who: &Who, denial: Denial, host: &mut H) -> Step {
+        Step::Verdict(Verdict::Deny(self.denied(who, denial, host)))
     }
 
     /// The adapter could not apply an `Allow` (a header could not be set or removed): the
     /// request is answered 503 instead.
     pub fn allow_failed<H: Host>(&mut self, id: u32, error: HostError, host: &mut H) -> Verdict {
-        Verdict::Deny(self.denied(id, Denial::Unavailable(Fault::Host(error)), None, host))
+        let denial = Denial::Unavailable(Fault::Host(error));
+        Verdict::Deny(self.denied(&Who::new(id), denial, host))
     }
 
     // ---- Callout answers ----------------------------------------------------------------
@@ -686,24 +733,30 @@ impl Gate {
         let Some(flight) = self.flights.remove(&fingerprint) else {
             return Effects::new();
         };
-        let decision = match &outcome {
-            Ok(claims) => {
-                decision::evaluate(&self.config.policy, &self.config.identity, claims, now)
-            }
-            Err(fault) => Decision::Deny(Denial::Unavailable(*fault)),
-        };
+        // Only an answer the policy can fully read is cached: judged here without any route's
+        // scope or client requirement, so no early refusal hides an unusable claim.
+        let open = Requirements::default();
         match &outcome {
-            Ok(claims) if decision.is_definite() => self.store(&flight.key, claims, now, host),
-            Ok(_) => {}
+            Ok(claims) => {
+                let config = &self.config;
+                let full = decision::evaluate(&config.policy, &open, &config.identity, claims, now);
+                if full.is_definite() {
+                    self.store(&flight.key, claims, now, host);
+                }
+            }
             Err(_) => host.count(Counter::CalloutFailed),
         }
         let mut effects = Effects::with_capacity(flight.members.len());
         for id in flight.members {
-            let (remove, request_id) = match self.waiting.remove(&id) {
-                Some(w) => (w.remove, w.request_id),
-                None => (Vec::new(), None),
+            let (remove, who) = match self.waiting.remove(&id) {
+                Some(w) => (w.remove, w.who),
+                None => (Vec::new(), Who::new(id)),
             };
-            let verdict = self.verdict(id, remove, request_id.as_deref(), &decision, host);
+            let decision = match &outcome {
+                Ok(claims) => self.decide(&who, claims, now),
+                Err(fault) => Decision::Deny(Denial::Unavailable(*fault)),
+            };
+            let verdict = self.verdict(&who, remove, &decision, host);
             effects.push((id, verdict));
         }
         effects

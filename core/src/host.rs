@@ -15,6 +15,8 @@ use crate::fault::{Fault, HostError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
     Allowed,
+    /// A request let through by a public rule, with no token.
+    Public,
     /// `introspection.denied.<kind>` (see [`crate::decision::Denial::kind`]).
     Denied(&'static str),
     /// `introspection.denied.unavailable.<code>`, beside the total.
@@ -34,6 +36,7 @@ impl Counter {
     pub fn name(self) -> String {
         match self {
             Counter::Allowed => "introspection.allowed".into(),
+            Counter::Public => "introspection.public".into(),
             Counter::Denied(kind) => format!("introspection.denied.{kind}"),
             Counter::UnavailableCause(code) => format!("introspection.denied.unavailable.{code}"),
             Counter::CacheHit => "introspection.cache.hit".into(),
@@ -52,6 +55,7 @@ impl Counter {
     pub fn all() -> Vec<Counter> {
         let mut all = vec![
             Counter::Allowed,
+            Counter::Public,
             Counter::CacheHit,
             Counter::CacheMiss,
             Counter::CacheStore,
@@ -95,6 +99,8 @@ pub trait Host {
     fn request_headers(&self) -> Result<Vec<u8>, HostError>;
     /// The current request's trailers, serialised.
     fn request_trailers(&self) -> Result<Vec<u8>, HostError>;
+    /// The name of the route Envoy chose for the current request (`None`: it has none).
+    fn route_name(&self) -> Result<Option<String>, HostError>;
 
     /// Sends a callout; returns its token. The answer comes back through the core's
     /// `on_callout_response` with that token.

@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod mock;
 pub mod reply;
 pub mod response;
+pub mod rules;
 pub mod schedule;
 pub mod secret;
 

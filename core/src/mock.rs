@@ -68,6 +68,8 @@ pub struct MockHost {
     pub request_headers_fail: bool,
     /// The trailers of the request being handled.
     pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Envoy's `route_name` for the request being handled.
+    pub route_name: Option<String>,
     pub dispatched: Vec<Dispatched>,
     /// Refuse dispatches.
     pub dispatch_fails: bool,
@@ -149,6 +151,10 @@ impl Host for MockHost {
 
     fn request_trailers(&self) -> Result<Vec<u8>, HostError> {
         Ok(encode_pairs(&self.trailers))
+    }
+
+    fn route_name(&self) -> Result<Option<String>, HostError> {
+        Ok(self.route_name.clone())
     }
 
     fn dispatch(

@@ -2,6 +2,7 @@
 
 use crate::config::Policy;
 use crate::decision::Denial;
+use crate::rules::Requirements;
 
 /// A response the filter sends itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +15,9 @@ pub struct LocalReply {
 }
 
 /// The answer for a denial.
-pub fn for_denial(policy: &Policy, denial: &Denial) -> LocalReply {
+/// The answer for a denial; `requirements` are the ones that applied (their scopes go in the
+/// `insufficient_scope` challenge).
+pub fn for_denial(policy: &Policy, requirements: &Requirements, denial: &Denial) -> LocalReply {
     let realm = &policy.realm;
     let (status, challenge, error, description) = match denial {
         Denial::Missing => (
@@ -41,7 +44,7 @@ pub fn for_denial(policy: &Policy, denial: &Denial) -> LocalReply {
             "the access token is invalid, expired or revoked".to_string(),
         ),
         Denial::InsufficientScope => {
-            let scope = policy.required_scopes.join(" ");
+            let scope = requirements.scopes.join(" ");
             (
                 403,
                 Some(format!(
@@ -113,25 +116,38 @@ mod tests {
     #[test]
     fn rfc6750_statuses_and_challenges() {
         let c = config();
-        let r = for_denial(&c.policy, &Denial::Missing);
+        let r = for_denial(&c.policy, &c.policy.requirements, &Denial::Missing);
         assert_eq!(
             (r.status, challenge(&r)),
             (401, Some("Bearer realm=\"locations\""))
         );
-        let r = for_denial(&c.policy, &Denial::Malformed(Malformed::Several));
+        let r = for_denial(
+            &c.policy,
+            &c.policy.requirements,
+            &Denial::Malformed(Malformed::Several),
+        );
         assert_eq!(r.status, 400);
         assert!(challenge(&r).unwrap().contains("error=\"invalid_request\""));
-        let r = for_denial(&c.policy, &Denial::Invalid(Invalid::Inactive));
+        let r = for_denial(
+            &c.policy,
+            &c.policy.requirements,
+            &Denial::Invalid(Invalid::Inactive),
+        );
         assert_eq!(r.status, 401);
         assert!(challenge(&r).unwrap().contains("error=\"invalid_token\""));
         assert!(!r.body.contains("not active"));
-        let r = for_denial(&c.policy, &Denial::InsufficientScope);
+        let r = for_denial(
+            &c.policy,
+            &c.policy.requirements,
+            &Denial::InsufficientScope,
+        );
         assert_eq!(r.status, 403);
         assert!(challenge(&r)
             .unwrap()
             .ends_with("error=\"insufficient_scope\", scope=\"openid locations\""));
         let r = for_denial(
             &c.policy,
+            &c.policy.requirements,
             &Denial::Unavailable(Fault::Status {
                 status: 500,
                 error: None,

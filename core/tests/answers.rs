@@ -33,7 +33,13 @@ fn judge(body: &str) -> Result<Decision, Fault> {
         body: body.as_bytes(),
     };
     match response::verified_claims(&c, &endpoints, None, &answer, NOW) {
-        Ok(claims) => Ok(decision::evaluate(&c.policy, &c.identity, &claims, NOW)),
+        Ok(claims) => Ok(decision::evaluate(
+            &c.policy,
+            &c.policy.requirements,
+            &c.identity,
+            &claims,
+            NOW,
+        )),
         Err(AnswerError::Fault(f)) => Err(f),
         Err(AnswerError::UnknownKey) => panic!("no keys in plain mode"),
     }

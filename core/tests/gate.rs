@@ -857,3 +857,168 @@ fn an_outage_is_counted_per_cause_and_every_request_still_answered() {
         200
     );
 }
+
+// ---- Per-route rules and bearer encodings -------------------------------------------------
+
+fn ruled() -> Vm {
+    Vm::new(config(json!({
+        "required_scopes": ["openid"],
+        "rules": [
+            {"name": "health", "path_exact": "/healthz", "methods": ["GET"], "public": true},
+            {"name": "public", "path_prefix": "/public/", "public": true},
+            {"name": "admin", "path_prefix": "/api/admin/", "required_scopes": ["admin", "ops"],
+             "scope_mode": "any_of", "client_ids": ["fs-admin"]},
+            {"name": "by-route", "route_name": "reports", "required_scopes": ["reports"]}
+        ]
+    })))
+}
+
+fn request_at(vm: &mut Vm, id: u32, method: &str, path: &str, token: Option<&str>) -> Step {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        (":method", method.as_bytes()),
+        (":path", path.as_bytes()),
+        ("x-user-sub", b"mallory"),
+    ];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_bytes()));
+    }
+    vm.request_with(id, &headers)
+}
+
+fn answer_with(sub: &str, scope: &str, client_id: &str) -> MockAnswer {
+    MockAnswer::json(
+        &json!({"active": true, "sub": sub, "exp": NOW + 600, "token_type": "Bearer",
+            "scope": scope, "client_id": client_id})
+        .to_string(),
+    )
+}
+
+#[test]
+fn a_public_rule_lets_the_request_through_without_a_token_and_strips_forged_identities() {
+    let mut vm = ruled();
+    let step = request_at(&mut vm, 1, "GET", "/healthz", None);
+    assert_eq!(
+        step,
+        Step::Verdict(Verdict::Allow {
+            remove: vec!["x-user-sub".into(), "authorization".into()],
+            set: vec![]
+        })
+    );
+    assert!(vm.gate.is_allowed(1), "its body may flow");
+    assert!(vm.host.dispatched.is_empty());
+    assert_eq!(vm.host.counter("introspection.public"), 1);
+}
+
+#[test]
+fn a_public_rule_limited_to_get_does_not_open_post() {
+    let mut vm = ruled();
+    assert_eq!(
+        step_details(&request_at(&mut vm, 1, "POST", "/healthz", None)),
+        "introspection_missing"
+    );
+}
+
+#[test]
+fn path_tricks_do_not_turn_a_protected_route_public() {
+    let mut vm = ruled();
+    for (i, path) in [
+        "/public/../api/users/me",
+        "/public/%2e%2e/api",
+        "/public%2F..%2Fapi",
+        "/public//../api",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let step = request_at(&mut vm, i as u32 + 1, "GET", path, None);
+        assert_eq!(step_details(&step), "introspection_missing", "{path}");
+    }
+}
+
+#[test]
+fn a_rule_with_its_own_scopes_any_of_and_clients() {
+    let mut vm = ruled();
+    request_at(&mut vm, 1, "GET", "/api/admin/users", Some("tok-ops"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "openid ops", "fs-admin"));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB), "any of admin, ops");
+
+    request_at(&mut vm, 2, "GET", "/api/admin/users", Some("tok-other-fs"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "admin", "fs-other"));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_invalid_token_client_not_accepted"
+    );
+
+    request_at(&mut vm, 3, "GET", "/api/admin/users", Some("tok-no-scope"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "openid", "fs-admin"));
+    let Verdict::Deny(reply) = &effects[0].1 else {
+        panic!("allowed")
+    };
+    assert_eq!(reply.status, 403);
+    let challenge = reply
+        .headers
+        .iter()
+        .find(|(n, _)| *n == "www-authenticate")
+        .unwrap();
+    assert!(
+        challenge.1.ends_with("scope=\"admin ops\""),
+        "{}",
+        challenge.1
+    );
+}
+
+#[test]
+fn unmatched_requests_get_the_top_level_requirements() {
+    let mut vm = ruled();
+    request_at(&mut vm, 1, "GET", "/api/users/me", Some("tok"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "email", "fs"));
+    assert_eq!(details(&effects[0].1), "introspection_insufficient_scope");
+}
+
+#[test]
+fn a_rule_on_the_route_name_applies_to_what_envoy_routed() {
+    let mut vm = ruled();
+    vm.host.route_name = Some("reports".into());
+    request_at(&mut vm, 1, "GET", "/anything", Some("tok"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "openid", "fs"));
+    assert_eq!(details(&effects[0].1), "introspection_insufficient_scope");
+    vm.host.route_name = None;
+    request_at(&mut vm, 2, "GET", "/anything", Some("tok"));
+    assert_eq!(vm.host.dispatched.len(), 1, "served from the cache");
+}
+
+#[test]
+fn waiters_on_one_token_each_get_their_own_routes_verdict() {
+    let mut vm = ruled();
+    request_at(&mut vm, 1, "GET", "/api/users/me", Some("tok"));
+    request_at(&mut vm, 2, "GET", "/api/admin/x", Some("tok"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "openid", "fs"));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    assert_eq!(
+        details(&effects[1].1),
+        "introspection_invalid_token_client_not_accepted"
+    );
+}
+
+#[test]
+fn a_base64_bearer_is_introspected_and_cached_as_the_decoded_token() {
+    use base64::Engine as _;
+    let mut vm = Vm::new(config(json!({"bearer_encoding": "raw_or_base64"})));
+    let encoded = base64::engine::general_purpose::STANDARD.encode("the-raw-token");
+    vm.request(1, &encoded);
+    let body = String::from_utf8(vm.host.last().unwrap().body.clone()).unwrap();
+    assert!(body.starts_with("token=the-raw-token&"), "{body}");
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    // The raw form of the same token is a cache hit.
+    assert_eq!(status(&vm.request(2, "the-raw-token")), 200);
+    assert_eq!(vm.host.dispatched.len(), 1);
+}
+
+#[test]
+fn a_bearer_that_is_not_base64_is_400_when_base64_is_required() {
+    let mut vm = Vm::new(config(json!({"bearer_encoding": "base64"})));
+    let step = vm.request(1, "not-base64-token");
+    assert_eq!(step_details(&step), "introspection_malformed_not_base64");
+    assert!(vm.host.dispatched.is_empty());
+}

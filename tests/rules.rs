@@ -1,0 +1,92 @@
+//! Per-route rules and ProConnect's base64 bearer convention, end to end.
+
+use e2e::{assert_denied, Stack, StackOptions};
+use serde_json::json;
+
+const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
+
+fn ruled_stack(label: &str) -> Stack {
+    Stack::with(
+        label,
+        StackOptions {
+            plugin: json!({ "rules": [
+                {"name": "public", "path_prefix": "/public/", "public": true},
+                {"name": "admin", "path_prefix": "/api/admin/", "required_scopes": ["admin"]}
+            ]}),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_public_route_needs_no_token_and_still_strips_forged_identities() {
+    let stack = ruled_stack("rules-public");
+    let r = stack.get(
+        "/public/info",
+        &[("x-user-sub", b"mallory"), ("X_User_Sub", b"mallory")],
+    );
+    // The SR got the request, without any identity: it refuses it itself.
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.text().contains("missing identity header"), "{}", r.text());
+    assert_eq!(stack.upstream_requests(), 1);
+    assert_eq!(stack.metric("public"), 1);
+    assert!(!r.text().contains("mallory"), "{}", r.text());
+    stack.assert_log_clean();
+}
+
+#[test]
+fn path_tricks_do_not_turn_a_protected_route_public() {
+    let stack = ruled_stack("rules-tricks");
+    for path in [
+        "/public/../api/users/me",
+        "/public/%2e%2e/api/users/me",
+        "/public%2F..%2Fapi/users/me",
+        "/public//../api/users/me",
+    ] {
+        let r = stack.get(path, &[("x-user-sub", b"mallory")]);
+        assert_denied(&r, 401, Some("Bearer realm=\"api\""));
+    }
+    assert_eq!(stack.upstream_requests(), 0, "nothing reached the SR");
+}
+
+#[test]
+fn a_rule_with_its_own_scopes_refuses_a_token_without_them() {
+    let stack = ruled_stack("rules-scopes");
+    let token = stack.user_token(SUB);
+    let r = stack.get_with_token("/api/admin/users", &token);
+    assert_denied(
+        &r,
+        403,
+        Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"admin\""),
+    );
+    // The same token on an unmatched route gets the top-level policy: allowed.
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sub"], SUB);
+}
+
+#[test]
+fn a_base64_encoded_bearer_is_introspected_decoded() {
+    use base64::Engine as _;
+    let stack = Stack::with(
+        "bearer-base64",
+        StackOptions {
+            plugin: json!({ "bearer_encoding": "raw_or_base64", "cache": { "max_entries": 100 } }),
+            ..Default::default()
+        },
+    );
+    let token = stack.user_token(SUB);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&token);
+    let r = stack.get_with_token("/api/users/me", &encoded);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sub"], SUB);
+    assert_eq!(
+        stack.auth.introspections(&token),
+        1,
+        "the decoded token was asked about"
+    );
+    // The raw form still works, from the cache.
+    assert_eq!(stack.get_with_token("/api/users/me", &token).status, 200);
+    assert_eq!(stack.auth.introspections(&token), 1);
+    stack.assert_log_clean();
+}
