@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use e2e::{assert_denied, fresh_secret, Stack, StackOptions};
+use e2e::{assert_denied, fresh_secret, ResponseExt, Stack, StackOptions};
 use serde_json::{json, Value};
 
 const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";

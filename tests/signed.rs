@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::{assert_denied, Stack, StackOptions};
+use e2e::{assert_denied, ResponseExt, Stack, StackOptions};
 use serde_json::{json, Value};
 
 const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
