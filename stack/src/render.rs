@@ -492,9 +492,10 @@ mod tests {
             let doc = parse_template(template).expect("yaml");
             assert!(substitute(doc, &values).is_err(), "{template}");
         }
-        // Not placeholders: left alone.
-        let doc = parse_template("a: \"$x {y}\"\nb: \"${lower}x\"").expect("yaml");
+        // A `${` that is not a valid whole placeholder is refused too...
+        let doc = parse_template("a: \"$x {y}\"\nb: \"${lower}\"").expect("yaml");
         assert!(substitute(doc, &values).is_err());
+        // ...while a `$` alone is just text.
         let doc = parse_template("a: \"$ {X}\"").expect("yaml");
         assert_eq!(
             substitute(doc, &values).expect("plain"),
