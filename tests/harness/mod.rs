@@ -485,16 +485,20 @@ impl Stack {
         self.get(path, &[("authorization", value.as_bytes())])
     }
 
-    /// Sends requests with `token` until one gets `status`, for at most `deadline`.
+    /// Sends requests with `token` until one gets `status`, for at most `deadline`; returns
+    /// that answer, or the last one.
     pub fn eventually(&self, token: &str, status: u16, deadline: Duration) -> Response {
-        let start = Instant::now();
-        loop {
+        let mut last = None;
+        stack::proc::wait_for(deadline, || {
             let r = self.get_with_token("/api/users/me", token);
-            if r.status == status || start.elapsed() > deadline {
-                return r;
+            if r.status == status {
+                return Some(r);
             }
-            thread::sleep(Duration::from_millis(200));
-        }
+            last = Some(r);
+            None
+        })
+        .or(last)
+        .expect("at least one answer")
     }
 
     /// A filter metric (`wasmcustom.introspection.<name>` in `/stats`).
