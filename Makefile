@@ -51,9 +51,10 @@ wasm: wasm-target
 	fi
 	@ls -l $(WASM) | awk '{print "filter size: " $$5 " bytes"}'
 
-# The sample SR and the mock authorization server, native, release.
+# The sample SR, the mock authorization server and `stack` (renders the Envoy template, starts
+# and stops everything for make run, the end-to-end suite and make bench), native, release.
 servers:
-	$(CARGO) build --release -p sample-sr -p mock-as
+	$(CARGO) build --release -p sample-sr -p mock-as -p stack
 
 build: wasm servers
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The benchmark behind `make bench` (see bench/README.md).
 
-Starts mock-as, sample-sr and one Envoy with one listener per row, drives each row with wrk,
-then measures the cache's memory per entry and the filter's signature verification time, and
-writes bench/results/{results.md,results.json,throughput.png}. Python 3 stdlib + matplotlib.
+Starts mock-as, sample-sr and one Envoy with one listener per row through `stack up` (the
+project's supervisor and Envoy renderer, stack/: the listeners are derived from
+envoy/envoy.yaml.in), drives each row with wrk, then measures the cache's memory per entry and
+the filter's signature verification time, and writes
+bench/results/{results.md,results.json,throughput.png}. Python 3 stdlib + matplotlib.
 
 Every process it starts is stopped on exit, Ctrl-C and SIGTERM included; every wait is bounded.
 """
@@ -49,8 +51,9 @@ def log(msg):
 
 
 class Procs:
-    """Every process the benchmark starts, each in its own session so that it and its children
-    (e.g. Envoy under `func-e run`) are stopped together, by that session's id."""
+    """The processes the benchmark starts itself (`stack up`, wrk), each in its own session.
+    `stack up` stops its components (whole sessions, Envoy under `func-e run` included) on
+    SIGTERM; if it had to be killed, its components die with it (parent-death signal)."""
 
     def __init__(self):
         self.live = []
@@ -163,10 +166,12 @@ def wait_for(what, check, proc=None, timeout=READY_TIMEOUT):
     raise Failure(f"{what} not ready after {timeout:.0f} s\n{tail}")
 
 
-def read_port_file(path):
-    with open(path) as f:
-        text = f.read().strip()
-    return int(text) if text.isdigit() else None
+def read_json_file(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,58 +244,15 @@ class Admin:
 
 
 # --------------------------------------------------------------------------------------------
-# Envoy configuration (modelled on envoy/envoy.yaml.in; written as JSON, which Envoy reads too)
-
-
-def cluster(name, port):
-    return {
-        "name": name, "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
-    }
-
-
-def router_filter():
-    return {"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-
-
-def wasm_filter(vm_id, wasm_path, plugin_config):
-    return {"name": "envoy.filters.http.wasm", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {
-            "name": "proconnect_introspection",
-            "root_id": "proconnect_introspection",
-            "failure_policy": "FAIL_RELOAD",
-            # One VM (and one shared-data space, so one cache) per listener.
-            "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
-                          "code": {"local": {"filename": wasm_path}}},
-            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                              "value": json.dumps(plugin_config, separators=(",", ":"))},
-        }}}
+# Components: `stack up` (stack/) starts them and renders Envoy's configuration from
+# envoy/envoy.yaml.in; the rows are listeners derived from the template's (same routes and
+# filter chain, each its own name, port, stat prefix and, with the filter, its own VM and cache).
 
 
 def lua_filter(code):
     return {"name": "envoy.filters.http.lua", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
         "default_source_code": {"inline_string": code}}}
-
-
-def listener(name, http_filters):
-    return {
-        "name": name,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": name,
-                "route_config": {"name": "sr", "virtual_hosts": [{
-                    "name": "sr", "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "sample_sr", "timeout": "15s"}}]}]},
-                "http_filters": http_filters + [router_filter()],
-            }}]}],
-    }
 
 
 def plugin_config(as_port, alg, cache):
@@ -308,67 +270,77 @@ def plugin_config(as_port, alg, cache):
 NO_CACHE = {"max_entries": 0}
 
 
-def envoy_config(listeners, sr_port, as_port):
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": listeners,
-            "clusters": [cluster("sample_sr", sr_port), cluster("authorization_server", as_port)],
-        },
-    }
-
-
-def main_envoy_listeners(wasm, as_port):
+def main_listeners(as_port):
+    """`stack up --listeners` specifications: one listener per row (see stack/src/render.rs)."""
     with open(os.path.join(HERE, "introspect.lua")) as f:
         lua = (f.read().replace("@AUTHORITY@", f"127.0.0.1:{as_port}")
                .replace("@CLIENT_ID@", CLIENTS["plain"]).replace("@CLIENT_SECRET@", SECRET))
-    w = lambda name, alg, cache: listener(name, [wasm_filter(f"bench_{name}", wasm, plugin_config(as_port, alg, cache))])
+    w = lambda name, alg, cache: {"name": name, "plugin_config": plugin_config(as_port, alg, cache)}
     return [
-        listener("baseline", []),
+        {"name": "baseline", "http_filters": []},
         w("hit", "plain", {}),
         w("miss", "plain", NO_CACHE),
         w("miss-rs256", "RS256", NO_CACHE),
         w("miss-es256", "ES256", NO_CACHE),
         w("miss-hs256", "HS256", NO_CACHE),
-        listener("lua", [lua_filter(lua)]),
+        {"name": "lua", "http_filters": [lua_filter(lua)]},
         w("fill", "plain", {"max_entries": 20000, "max_ttl_secs": 600}),
     ]
 
 
-def verify_envoy_listeners(wasm, as_port):
-    return [listener(f"verify-{alg.lower()}", [wasm_filter(f"verify_{alg.lower()}", wasm,
-                                                           plugin_config(as_port, alg, NO_CACHE))])
+def verify_listeners(as_port):
+    return [{"name": f"verify-{alg.lower()}", "plugin_config": plugin_config(as_port, alg, NO_CACHE)}
             for alg in ("RS256", "ES256", "HS256")]
 
 
-class Envoy:
-    def __init__(self, procs, cmd, workdir, name, config, concurrency, extra_args=()):
+def mock_args():
+    out = ["--as-arg=--quiet"]
+    for alg, cid in CLIENTS.items():
+        out.append(f"--client={cid}:{SECRET}:{'none' if alg == 'plain' else alg}")
+    return out
+
+
+class Stack:
+    """One `stack up`: the components asked for, each in its own session; ready once its state
+    file (ports, pids, logs) is written; everything stopped by SIGTERM to it."""
+
+    def __init__(self, procs, args, workdir, name, components, extra=()):
         self.procs = procs
-        cfg_path = os.path.join(workdir, f"{name}.json")
-        with open(cfg_path, "w") as f:
-            json.dump(config, f, indent=1)
-        admin_path = os.path.join(workdir, f"{name}.admin")
-        if os.path.exists(admin_path):
-            os.remove(admin_path)
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        argv = cmd + ["-c", cfg_path, "--concurrency", str(concurrency), "--disable-hot-restart",
-                      "--log-level", "warn", "--admin-address-path", admin_path, *extra_args]
-        self.proc = procs.start(name, argv, self.log_path)
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        state_path = os.path.join(self.dir, "stack.json")
+        if os.path.exists(state_path):
+            os.remove(state_path)
+        argv = [os.path.join(args.bin_dir, "stack"), "up", "--quiet", "--work-dir", self.dir,
+                "--bin-dir", args.bin_dir, "--components", ",".join(components),
+                "--ready-timeout", str(int(READY_TIMEOUT)), *extra]
+        self.proc = procs.start(name, argv, os.path.join(self.dir, "stack.log"))
+        # Each component has READY_TIMEOUT; they start one after the other.
+        self.state = wait_for(f"{name} (stack up)", lambda: read_json_file(state_path), self.proc,
+                              timeout=READY_TIMEOUT * (len(components) + 1))
+        envoy = self.state.get("envoy")
+        if envoy:
+            self.admin = Admin(envoy["admin_port"])
+            self.ports = envoy["listeners"]
+            self.log_path = envoy["log"]
 
-        def admin_port():
-            with open(admin_path) as f:
-                text = f.read().strip()
-            return int(text.rsplit(":", 1)[1]) if ":" in text else None
+    def pid(self, component):
+        return self.state[component]["pid"]
 
-        self.admin = Admin(wait_for(f"{name} admin address", admin_port, self.proc))
-        wait_for(f"{name} /ready", lambda: http_call(self.admin.port, "GET", "/ready", timeout=2)[0] == 200, self.proc)
-        names = [l["name"] for l in config["static_resources"]["listeners"]]
-        self.ports = wait_for(f"{name} listeners",
-                              lambda: (lambda m: m if all(m.get(n) for n in names) else None)(self.admin.listeners()),
-                              self.proc)
+    def port(self, component):
+        return self.state[component]["port"]
 
     def stop(self):
         self.procs.stop(self.proc)
+
+
+def start_envoy(procs, args, workdir, name, listeners, as_port, sr_port, extra=()):
+    specs = os.path.join(workdir, f"{name}-listeners.json")
+    with open(specs, "w") as f:
+        json.dump(listeners, f, indent=1)
+    return Stack(procs, args, workdir, name, ["envoy"], [
+        "--envoy", args.envoy, "--wasm", args.wasm, "--listeners", specs,
+        "--as-port", str(as_port), "--sr-port", str(sr_port), *extra])
 
 
 # --------------------------------------------------------------------------------------------
@@ -662,9 +634,9 @@ def measure_fill(ctx, n=10_000):
 
 def measure_verification(ctx, per_alg=300, drop=20):
     args, procs, mock = ctx["args"], ctx["procs"], ctx["mock"]
-    envoy = Envoy(procs, ctx["envoy_cmd"], ctx["logdir"], "envoy-verify",
-                  envoy_config(verify_envoy_listeners(args.wasm, mock.port), ctx["sr_port"], mock.port),
-                  concurrency=1, extra_args=["--component-log-level", "wasm:debug"])
+    envoy = start_envoy(procs, args, ctx["logdir"], "envoy-verify", verify_listeners(mock.port),
+                        mock.port, ctx["sr_port"],
+                        extra=["--concurrency", "1", "--component-log-level", "wasm:debug"])
     try:
         statuses = {}
         for alg in ("RS256", "ES256", "HS256"):
@@ -675,7 +647,7 @@ def measure_verification(ctx, per_alg=300, drop=20):
             check_through_envoy(port, {"authorization": f"Bearer {tokens[0]}"}, f"verify {alg}")
             statuses[alg] = send_fresh(port, tokens[1:], workers=1, deadline_s=60)
     finally:
-        envoy.stop()  # flushes its log
+        envoy.stop()  # Envoy flushes its log
     samples = {"RS256": [], "ES256": [], "HS256": []}
     with open(envoy.log_path, errors="replace") as f:
         for line in f:
@@ -898,18 +870,6 @@ def parse_args():
     return ap.parse_args()
 
 
-def start_mock(procs, args, logdir, name, extra=()):
-    """Starts mock-as with the benchmark's clients; returns the process and its port."""
-    port_file = os.path.join(logdir, f"{name}.port")
-    client_args = []
-    for alg, cid in CLIENTS.items():
-        client_args += ["--client", f"{cid}:{SECRET}:{'none' if alg == 'plain' else alg}"]
-    p = procs.start(name, [os.path.join(args.bin_dir, "mock-as"), "--listen", "127.0.0.1:0",
-                           "--port-file", port_file, "--quiet", *extra, *client_args],
-                    os.path.join(logdir, f"{name}.log"))
-    return p, wait_for(name, lambda: read_port_file(port_file), p)
-
-
 def on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -921,7 +881,8 @@ def main():
         signal.signal(sig, on_signal)
     for path, what in ((args.wasm, "the filter (make wasm)"),
                        (os.path.join(args.bin_dir, "mock-as"), "mock-as (make servers)"),
-                       (os.path.join(args.bin_dir, "sample-sr"), "sample-sr (make servers)")):
+                       (os.path.join(args.bin_dir, "sample-sr"), "sample-sr (make servers)"),
+                       (os.path.join(args.bin_dir, "stack"), "stack (make servers)")):
         if not os.path.isfile(path):
             raise Failure(f"{path} is missing: build {what}")
     if not shutil.which(args.wrk):
@@ -943,23 +904,23 @@ def main():
         version_full, version_short = envoy_version(envoy_cmd)
         log(f"Envoy {version_full}; {os.cpu_count()} cores")
 
-        sr_port_file = os.path.join(logdir, "sample-sr.port")
-        sr_p = procs.start("sample-sr", [os.path.join(args.bin_dir, "sample-sr"), "--listen", "127.0.0.1:0",
-                                         "--port-file", sr_port_file], os.path.join(logdir, "sample-sr.log"))
-        mock_p, as_port = start_mock(procs, args, logdir, "mock-as")
-        sr_port = wait_for("sample-sr", lambda: read_port_file(sr_port_file), sr_p)
+        servers = Stack(procs, args, logdir, "servers", ["as", "sr"], mock_args())
+        as_port, sr_port = servers.port("mock_as"), servers.port("sample_sr")
+        mock_pid = servers.pid("mock_as")
         mock = Mock(as_port)
         log(f"mock-as on {as_port}, sample-sr on {sr_port}")
 
-        envoy = Envoy(procs, envoy_cmd, logdir, "envoy",
-                      envoy_config(main_envoy_listeners(args.wasm, as_port), sr_port, as_port), concurrency=2)
+        envoy = start_envoy(procs, args, logdir, "envoy", main_listeners(as_port), as_port, sr_port,
+                            extra=["--concurrency", "2", "--log-level", "warn"])
         log("Envoy listeners: " + ", ".join(f"{k}={v}" for k, v in sorted(envoy.ports.items())))
 
         ctx = {
             "args": args, "procs": procs, "mock": mock, "envoy": envoy, "ports": envoy.ports,
-            "runner": Runner(args, procs, logdir), "tmp": tmp, "logdir": logdir, "envoy_cmd": envoy_cmd,
-            "sr_port": sr_port, "hit_token": mock.mint(1)[0], "mock_p": mock_p,
-            "sessions": {"envoy": envoy.proc.pid, "mock-as": mock_p.pid, "sample-sr": sr_p.pid},
+            "runner": Runner(args, procs, logdir), "tmp": tmp, "logdir": logdir,
+            "sr_port": sr_port, "hit_token": mock.mint(1)[0],
+            # Each component runs in a session of its own, whose id is its pid.
+            "sessions": {"envoy": envoy.pid("envoy"), "mock-as": mock_pid,
+                         "sample-sr": servers.pid("sample_sr")},
         }
         rows = []
         for name, desc in ROWS:
@@ -969,18 +930,19 @@ def main():
             if name == "as-direct":
                 # A mock of its own: at this rate its per-token bookkeeping grows by ~1 GB, which
                 # would slow down the rows after it if they shared it.
-                direct_p, direct_port = start_mock(procs, args, logdir, "mock-as-direct",
-                                                   extra=("--no-bookkeeping",))
+                direct = Stack(procs, args, logdir, "mock-as-direct", ["as"],
+                               mock_args() + ["--as-arg=--no-bookkeeping"])
                 try:
-                    sub = dict(ctx, mock=Mock(direct_port), mock_p=direct_p,
-                               sessions=dict(ctx["sessions"], **{"mock-as": direct_p.pid}))
+                    direct_pid = direct.pid("mock_as")
+                    sub = dict(ctx, mock=Mock(direct.port("mock_as")),
+                               sessions=dict(ctx["sessions"], **{"mock-as": direct_pid}))
                     r = run_row(name, sub)
-                    r["mock_rss_mb"] = rss_mb(direct_p.pid)
+                    r["mock_rss_mb"] = rss_mb(direct_pid)
                 finally:
-                    procs.stop(direct_p)
+                    direct.stop()
             else:
                 r = run_row(name, ctx)
-                r["mock_rss_mb"] = rss_mb(mock_p.pid)
+                r["mock_rss_mb"] = rss_mb(mock_pid)
             r["row"], r["description"] = name, desc
             rows.append(r)
             log(f"  {r['rps']:.0f} req/s, p50 {fmt(r['p50_ms'])} ms, p99 {fmt(r['p99_ms'])} ms, "

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use e2e::{assert_denied, fresh_secret, Stack, StackOptions};
+use e2e::{assert_denied, fresh_secret, wait_until, ResponseExt, Stack, StackOptions};
 use serde_json::{json, Value};
 
 const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
@@ -60,13 +60,32 @@ fn a_revoked_token_passes_until_its_entry_expires_and_not_after() {
     // The documented trade-off: the entry still answers.
     assert_eq!(stack.get_with_token("/api/users/me", &token).status, 200);
     assert_eq!(stack.auth.introspections(&token), 1);
-    thread::sleep(Duration::from_millis(2600));
-    assert_denied(
-        &stack.get_with_token("/api/users/me", &token),
-        401,
-        Some(e2e::INVALID_TOKEN),
-    );
+    // Then, once the 2 s entry has expired, the revocation shows; until then every answer
+    // came from the entry.
+    let r = until_denied(&stack, &token, Duration::from_secs(10));
+    assert_denied(&r, 401, Some(e2e::INVALID_TOKEN));
     assert_eq!(stack.auth.introspections(&token), 2);
+}
+
+/// Requests `token` (every 20 ms, for at most `deadline`) until the answer is no longer 200;
+/// every 200 before it must have come from the cache (no new introspection).
+fn until_denied(stack: &Stack, token: &str, deadline: Duration) -> e2e::Response {
+    let before = stack.auth.introspections(token);
+    let mut last = None;
+    wait_until("the cache entry expires", deadline, || {
+        let r = stack.get_with_token("/api/users/me", token);
+        if r.status == 200 {
+            assert_eq!(
+                stack.auth.introspections(token),
+                before,
+                "a 200 that did not come from the cache"
+            );
+            return false;
+        }
+        last = Some(r);
+        true
+    });
+    last.expect("a denial")
 }
 
 #[test]
@@ -76,12 +95,9 @@ fn an_expired_token_is_never_served_from_the_cache() {
     assert_eq!(stack.get_with_token("/api/users/me", &token).status, 200);
     assert_eq!(stack.get_with_token("/api/users/me", &token).status, 200);
     assert_eq!(stack.auth.introspections(&token), 1);
-    thread::sleep(Duration::from_millis(2600));
-    assert_denied(
-        &stack.get_with_token("/api/users/me", &token),
-        401,
-        Some(e2e::INVALID_TOKEN),
-    );
+    // The entry may live 600 s, the token 2 s: the token's expiry ends it.
+    let r = until_denied(&stack, &token, Duration::from_secs(10));
+    assert_denied(&r, 401, Some(e2e::INVALID_TOKEN));
     assert_eq!(
         stack.auth.introspections(&token),
         2,
@@ -158,7 +174,9 @@ fn concurrent_requests_with_one_new_token_share_one_callout() {
         json!({ "max_entries": 0 }),
         json!({}),
     ));
-    let token = stack.mint(json!({ "sub": SUB, "delay_ms": 1500 }));
+    let token = stack.user_token(SUB);
+    // The mock holds its answer until every request is inside Envoy, waiting.
+    stack.auth.hold();
     let handles: Vec<_> = (0..50)
         .map(|_| {
             let stack = Arc::clone(&stack);
@@ -169,6 +187,12 @@ fn concurrent_requests_with_one_new_token_share_one_callout() {
             })
         })
         .collect();
+    wait_until(
+        "50 requests in Envoy, one introspection held at the mock",
+        e2e::WAIT_DEADLINE,
+        || stack.envoy.stat("http.sr_ingress.downstream_rq_active") == 50 && stack.auth.held() >= 1,
+    );
+    stack.auth.release();
     for h in handles {
         let (status, sub) = h.join().expect("client thread");
         assert_eq!(status, 200);
@@ -191,13 +215,40 @@ fn metrics_are_exported() {
     assert_eq!(stack.metric("allowed"), 1);
     assert_eq!(stack.metric("denied.missing"), 1);
     assert_eq!(stack.metric("denied.malformed"), 1);
+    // Envoy 1.40's Prometheus output: the `wasmcustom.` namespace stripped, dots turned into
+    // underscores, no `envoy_` prefix.
     let prom = stack.envoy.stats_text(true);
+    let samples: Vec<(&str, &str)> = prom
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| *s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in /stats/prometheus:\n{prom}"))
+    };
+    assert_eq!(value("introspection_allowed{}"), "1");
+    assert_eq!(value("introspection_denied_missing{}"), "1");
+    assert_eq!(value("introspection_denied_malformed{}"), "1");
+    assert_eq!(value("introspection_cache_miss{}"), "1");
+    assert_eq!(value("introspection_callout_sent{}"), "1");
+    for line in [
+        "# TYPE introspection_allowed counter",
+        "# TYPE introspection_callout_latency_ms histogram",
+    ] {
+        assert!(prom.lines().any(|l| l == line), "no {line:?}:\n{prom}");
+    }
     assert!(
-        prom.contains("introspection_allowed"),
-        "prometheus output lacks the filter metrics"
+        samples
+            .iter()
+            .any(|(s, _)| s.starts_with("introspection_callout_latency_ms_bucket{le=")),
+        "latency histogram buckets missing"
     );
     assert!(
-        prom.contains("introspection_callout_latency_ms_bucket"),
-        "latency histogram missing"
+        !prom.contains("wasmcustom") && !prom.contains("envoy_introspection"),
+        "the filter's metrics under another name:\n{prom}"
     );
 }

@@ -1,7 +1,8 @@
 //! The gate, end to end: real Envoy + the filter + the sample SR + the mock authorization server.
 
-use e2e::{assert_denied, fresh_secret, Stack, StackOptions};
+use e2e::{assert_denied, fresh_secret, ResponseExt, Stack, StackOptions};
 use serde_json::json;
+use stack::render;
 
 const DEMO_SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
 const DEFAULT_SCOPE: &str = "openid uid given_name usual_name email groups";
@@ -303,7 +304,7 @@ fn client_secret_can_come_from_envoys_environment() {
             ..Default::default()
         },
     );
-    let config = std::fs::read_to_string(stack.dir.join("envoy.yaml")).expect("config");
+    let config = std::fs::read_to_string(stack.dir.join("envoy.json")).expect("config");
     assert!(
         !config.contains(&stack.client_secret),
         "the secret is not in the Envoy config"
@@ -355,10 +356,41 @@ fn slow_authorization_server_times_out_closed() {
             ..Default::default()
         },
     );
-    let token = stack.mint(json!({ "sub": DEMO_SUB, "delay_ms": 1500 }));
+    let token = stack.user_token(DEMO_SUB);
+    // The mock holds its answer until released: only the filter's timeout can end the request.
+    stack.auth.hold();
     let r = stack.get_with_token("/api/users/me", &token);
     assert_denied(&r, 503, None);
+    assert_eq!(stack.auth.introspections(&token), 1, "the callout was sent");
+    stack.auth.release();
     assert_eq!(stack.upstream_requests(), 0);
+    assert_eq!(stack.metric("callout.failed"), 1);
+}
+
+/// A client secret made of what breaks text substitution into YAML or a shell: it reaches the
+/// mock byte for byte (through the renderer, Envoy and the filter's form encoding), or the
+/// mock would refuse the client and the request would get 503.
+#[test]
+fn hostile_characters_in_the_plugin_configuration_reach_the_filter() {
+    let secret = format!(
+        "{}&a|b\\c'd\"e ${{PLUGIN_CONFIG}} $(id) `id` %41+/=#",
+        fresh_secret("hostile")
+    );
+    let stack = Stack::with(
+        "hostile-config",
+        StackOptions {
+            client_secret: Some(secret.clone()),
+            ..Default::default()
+        },
+    );
+    let token = stack.user_token(DEMO_SUB);
+    let r = stack.get_with_token("/api/users/me", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let last = stack
+        .auth
+        .admin("/_mock/last-request", json!({ "token": token }));
+    assert_eq!(last["authenticated"], true, "{last}");
+    assert_eq!(stack.client_secret, secret);
 }
 
 #[test]
@@ -394,8 +426,7 @@ fn hostile_bytes_do_not_kill_the_vm() {
 #[test]
 fn invalid_plugin_configuration_is_refused_at_load() {
     let dir = e2e::work_dir("bad-config");
-    let template =
-        std::fs::read_to_string(e2e::root().join("envoy/envoy.yaml.in")).expect("template");
+    let template = e2e::template();
     for (plugin, field) in [
         (
             json!({ "cluster": "authorization_server", "authority": "a", "client_secret": "s" }),
@@ -410,8 +441,8 @@ fn invalid_plugin_configuration_is_refused_at_load() {
             "clientsecret",
         ),
     ] {
-        let yaml = e2e::render_envoy_config(&template, 1, 1, &plugin);
-        let err = match e2e::Envoy::start(&dir, &yaml) {
+        let config = e2e::render_envoy_config(&template, 1, 1, &plugin);
+        let err = match e2e::Envoy::start(&dir, &config) {
             Ok(_) => panic!("envoy accepted an invalid plugin configuration: {plugin}"),
             Err(log) => log,
         };
@@ -423,16 +454,58 @@ fn invalid_plugin_configuration_is_refused_at_load() {
     }
 }
 
+/// Every configuration the project ships or renders passes `envoy --mode validate` (which also
+/// loads the filter and its configuration): the demo template rendered with a plugin
+/// configuration full of characters that break text substitution, the benchmark's
+/// multi-listener shape, and the other files in `envoy/` (`${WASM_PATH}` filled by the same
+/// renderer).
 #[test]
 fn shipped_envoy_configs_validate() {
     let dir = e2e::work_dir("validate");
-    let template =
-        std::fs::read_to_string(e2e::root().join("envoy/envoy.yaml.in")).expect("template");
-    let plugin = e2e::default_plugin_config(1, "s");
-    let mut configs = vec![(
-        "envoy.yaml.in".to_string(),
-        e2e::render_envoy_config(&template, 1, 2, &plugin),
-    )];
+    let template = e2e::template();
+    let wasm = e2e::wasm_path().display().to_string();
+    let secret = format!("{}&|\\'\"${{AS_PORT}}", fresh_secret("validate"));
+    let mut plugin = e2e::default_plugin_config(1, &secret);
+    // A claim name may be any JSON string: newlines, U+2028, non-ASCII.
+    plugin["claim_headers"]["odd &|\\'\"\n${PLUGIN_CONFIG}\u{2028}\u{85}é"] = json!("x-odd");
+    let plugin_text = serde_json::to_string_pretty(&plugin).expect("json");
+    let params = render::Params {
+        admin_port: 0,
+        listen_port: 0,
+        sr_port: 1,
+        as_port: 2,
+        wasm_path: &wasm,
+        plugin_config: &plugin_text,
+    };
+    let bench_like = render::parse_listener_specs(
+        &json!([
+            { "name": "baseline", "http_filters": [] },
+            { "name": "hit", "plugin_config": plugin },
+            { "name": "miss", "plugin_config": plugin_text },
+            { "name": "lua", "http_filters": [{
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": { "inline_string": "function envoy_on_request(h) end" }
+                }
+            }] }
+        ])
+        .to_string(),
+    )
+    .expect("listener specs");
+    let mut configs = vec![
+        (
+            "envoy.yaml.in".to_string(),
+            render::render(&template, &params, &[]).expect("render"),
+        ),
+        (
+            "envoy.yaml.in-listeners".to_string(),
+            render::render(&template, &params, &bench_like).expect("render listeners"),
+        ),
+    ];
+    let only_wasm = [("WASM_PATH".to_string(), json!(wasm))]
+        .into_iter()
+        .collect();
     for entry in std::fs::read_dir(e2e::root().join("envoy")).expect("envoy/") {
         let path = entry.expect("entry").path();
         let name = path
@@ -442,19 +515,18 @@ fn shipped_envoy_configs_validate() {
             .to_string();
         if name.ends_with(".yaml") && !name.starts_with("istio") {
             let text = std::fs::read_to_string(&path).expect("read");
-            configs.push((
-                name,
-                text.replace("${WASM_PATH}", &e2e::wasm_path().display().to_string()),
-            ));
+            let doc = render::parse_template(&text).expect("YAML");
+            let doc = render::substitute(doc, &only_wasm).expect("render");
+            configs.push((name, render::to_text(&doc).expect("text")));
         }
     }
     assert!(
-        configs.len() >= 2,
+        configs.len() >= 3,
         "envoy/ ships the demo template and at least one other config"
     );
-    for (name, yaml) in configs {
-        let file = dir.join(format!("{name}.rendered.yaml"));
-        std::fs::write(&file, yaml).expect("write");
+    for (name, text) in configs {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, text).expect("write");
         let words = e2e::envoy_command();
         let out = std::process::Command::new(&words[0])
             .args(&words[1..])
@@ -462,12 +534,13 @@ fn shipped_envoy_configs_validate() {
             .arg(&file)
             .output()
             .expect("run envoy --mode validate");
-        assert!(
-            out.status.success(),
-            "{name} does not validate:\n{}{}",
+        let log = format!(
+            "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(out.status.success(), "{name} does not validate:\n{log}");
+        assert!(!log.contains(&secret), "{name}: the secret was logged");
     }
 }
 
@@ -482,12 +555,10 @@ fn istio_plugin_config_is_accepted_by_the_filter() {
     let plugin: serde_json::Value =
         serde_json::from_str(&block[json_start..]).expect("the pluginConfig block is JSON");
     let dir = e2e::work_dir("istio-config");
-    let template =
-        std::fs::read_to_string(e2e::root().join("envoy/envoy.yaml.in")).expect("template");
-    let yaml = e2e::render_envoy_config(&template, 1, 1, &plugin);
+    let config = e2e::render_envoy_config(&e2e::template(), 1, 1, &plugin);
     let envoy = e2e::Envoy::start_with_env(
         &dir,
-        &yaml,
+        &config,
         &[("INTROSPECTION_CLIENT_SECRET", "istio-e2e-secret")],
     )
     .unwrap_or_else(|log| panic!("the Istio pluginConfig was refused:\n{log}"));

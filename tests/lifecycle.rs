@@ -5,21 +5,12 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use e2e::{assert_denied, Stack, StackOptions};
+use e2e::{assert_denied, wait_until, ResponseExt, Stack, StackOptions};
 use serde_json::json;
 
 const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
-
-/// Waits until `cond` holds, polling every 20 ms, for at most `limit`.
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn es256_stack(label: &str) -> Stack {
     Stack::with(
@@ -55,14 +46,14 @@ fn a_client_gone_during_a_kid_refetch_does_not_block_the_new_key() {
         "GET /api/users/me HTTP/1.1\r\nhost: sr\r\nauthorization: Bearer {token}\r\n\r\n"
     )
     .expect("send");
-    wait_for("the JWKS refetch", Duration::from_secs(10), || {
+    wait_until("the JWKS refetch", Duration::from_secs(10), || {
         held_jwks_requests(&stack) == 1
     });
     let resets = stack
         .envoy
         .stat("http.sr_ingress.downstream_cx_destroy_remote");
     drop(client);
-    wait_for(
+    wait_until(
         "Envoy to see the client leave",
         Duration::from_secs(10),
         || {
@@ -73,7 +64,7 @@ fn a_client_gone_during_a_kid_refetch_does_not_block_the_new_key() {
         },
     );
     stack.auth.admin("/_mock/jwks", json!({ "hold": false }));
-    wait_for("the JWKS answer", Duration::from_secs(10), || {
+    wait_until("the JWKS answer", Duration::from_secs(10), || {
         stack.metric("jwks.fetch_ok") >= 2
     });
 
@@ -98,12 +89,12 @@ fn requests_meeting_an_unknown_kid_during_a_refetch_wait_for_it() {
     let second = stack.user_token("user-second");
     thread::scope(|s| {
         let a = s.spawn(|| stack.get_with_token("/api/users/me", &first));
-        wait_for("the JWKS refetch", Duration::from_secs(10), || {
+        wait_until("the JWKS refetch", Duration::from_secs(10), || {
             held_jwks_requests(&stack) == 1
         });
         let b = s.spawn(|| stack.get_with_token("/api/users/me", &second));
         // The second answer, signed with the same unknown key, waits for the same refetch.
-        wait_for("the second introspection", Duration::from_secs(10), || {
+        wait_until("the second introspection", Duration::from_secs(10), || {
             stack.auth.introspections(&second) == 1
         });
         assert_eq!(held_jwks_requests(&stack), 1, "one refetch for both");

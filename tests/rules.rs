@@ -1,6 +1,6 @@
 //! Per-route rules and ProConnect's base64 bearer convention, end to end.
 
-use e2e::{assert_denied, Stack, StackOptions};
+use e2e::{assert_denied, ResponseExt, Stack, StackOptions};
 use serde_json::json;
 
 const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";

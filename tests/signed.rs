@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::{assert_denied, Stack, StackOptions};
+use e2e::{assert_denied, ResponseExt, Stack, StackOptions};
 use serde_json::{json, Value};
 
 const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
@@ -31,18 +31,21 @@ fn jwks_requests(stack: &Stack) -> u64 {
         .expect("jwks_requests")
 }
 
-/// The JWKS request count once every VM's start-up fetch is done (stable for 0.5 s, 10 s max).
+/// The JWKS request count once every VM's start-up fetch has landed. Each VM sends its fetch
+/// when it is configured, before Envoy is ready, and the caller has had one request pass; so
+/// what can still be pending is a fetch the mock has answered and a VM has not yet taken in:
+/// wait (with a bound) until every fetch the mock served has been counted by the filter.
 fn settled_jwks_requests(stack: &Stack) -> u64 {
-    let mut last = jwks_requests(stack);
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = jwks_requests(stack);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
+    let mut served = 0;
+    e2e::wait_until(
+        "every JWKS fetch the mock served has reached a VM",
+        e2e::WAIT_DEADLINE,
+        || {
+            served = jwks_requests(stack);
+            served == stack.metric("jwks.fetch_ok") + stack.metric("jwks.fetch_failed")
+        },
+    );
+    served
 }
 
 /// Every attack or fault on the signed answer gets 503 and nothing reaches the SR.

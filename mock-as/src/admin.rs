@@ -32,6 +32,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/_mock/keys/rotate", post(rotate))
         .route("/_mock/keys/retire", post(retire))
         .route("/_mock/jwks", post(jwks_availability))
+        .route("/_mock/hold", post(hold))
 }
 
 fn json_response(status: u16, value: &impl Serialize) -> Response {
@@ -237,6 +238,8 @@ async fn stats(State(st): State<Arc<AppState>>) -> Response {
             "introspections": st.introspections.load(Ordering::Relaxed),
             "jwks_requests": st.jwks_requests.load(Ordering::Relaxed),
             "jwks_held": st.jwks_held.load(Ordering::Relaxed),
+            "hold": st.holding(),
+            "held": st.held(),
         }),
     )
 }
@@ -304,6 +307,27 @@ async fn jwks_availability(State(st): State<Arc<AppState>>, body: Bytes) -> Resp
                     "hold": *st.jwks_hold.borrow(),
                 }),
             )
+        }
+        Err(message) => error(400, &message),
+    }
+}
+
+/// `POST /_mock/hold` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hold {
+    /// true: introspection answers wait from now on; false: every waiting answer goes.
+    hold: bool,
+}
+
+/// The hold switch: a test holds the answers, sees its requests arrive (`held` here and in
+/// `/_mock/stats`, `/_mock/count`), then releases them, instead of relying on a delay.
+async fn hold(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    match parse::<Hold>(&body) {
+        Ok(req) => {
+            let held = st.held();
+            st.set_hold(req.hold);
+            json_response(200, &serde_json::json!({ "hold": req.hold, "held": held }))
         }
         Err(message) => error(400, &message),
     }

@@ -163,8 +163,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = state.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop_signal().await;
+        // Held answers go, so the shutdown does not wait for a release that will not come.
+        stopping.set_hold(false);
         let _ = stop_tx.send(true);
     });
     let grace = async move {

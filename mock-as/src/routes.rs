@@ -58,6 +58,10 @@ pub struct AppState {
     pub introspections: AtomicU64,
     /// Requests received by the JWKS endpoint.
     pub jwks_requests: AtomicU64,
+    /// While true, introspection answers wait (the admin API's hold switch).
+    hold: tokio::sync::watch::Sender<bool>,
+    /// Introspection requests waiting for the hold to be released.
+    held: AtomicU64,
     /// Serialized discovery document.
     discovery: Vec<u8>,
     /// Memoized RS256/ES256 signatures.
@@ -89,6 +93,8 @@ impl AppState {
             jwks_held: AtomicU64::new(0),
             introspections: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
+            hold: tokio::sync::watch::Sender::new(false),
+            held: AtomicU64::new(0),
             discovery,
             signatures: SignatureCache::default(),
         }
@@ -128,6 +134,40 @@ impl AppState {
     /// Discovery document bytes.
     pub fn discovery(&self) -> &[u8] {
         &self.discovery
+    }
+
+    /// Turns the hold on (answers wait from now on) or off (every waiting answer goes).
+    pub fn set_hold(&self, on: bool) {
+        self.hold.send_replace(on);
+    }
+
+    /// Whether answers are held.
+    pub fn holding(&self) -> bool {
+        *self.hold.borrow()
+    }
+
+    /// Introspection requests now waiting for the release.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits while the hold is on, counted in [`AppState::held`] (also when the request is
+    /// dropped while waiting).
+    async fn wait_while_held(&self) {
+        let mut release = self.hold.subscribe();
+        if !*release.borrow_and_update() {
+            return;
+        }
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.held);
+        // An error means the sender is gone, i.e. the server is going away: answer.
+        let _ = release.wait_for(|on| !*on).await;
     }
 }
 
@@ -342,6 +382,8 @@ async fn introspect(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
             .record_introspection(token, last, auth.is_ok())
             .record
     });
+    // Counted (above) before it waits, so a test can see it arrive.
+    st.wait_while_held().await;
     let client = match auth {
         Ok((client, _)) => client,
         Err(error) => return oauth_error(&error),
@@ -561,7 +603,8 @@ mod tests {
         let stats = call(&app, "GET", "/_mock/stats", &[], "").await.2;
         assert_eq!(
             serde_json::from_slice::<Value>(&stats).unwrap(),
-            json!({"introspections": 6, "jwks_requests": 0})
+            json!({"introspections": 6, "jwks_requests": 0, "hold": false, "held": 0,
+                "jwks_held": 0})
         );
     }
 
@@ -639,6 +682,98 @@ mod tests {
             doc["introspection_signing_alg_values_supported"],
             json!(["HS256", "ES256", "RS256"])
         );
+    }
+
+    #[tokio::test]
+    async fn held_answers_wait_until_released() {
+        let clients = Clients::new([parse_client_arg("sr:sec").unwrap()]);
+        let state = Arc::new(AppState::new(
+            ISS,
+            "fs-demo",
+            clients,
+            KeySet::new(KeyPair::generate().unwrap()),
+        ));
+        let app = router(state.clone(), false);
+        let minted = admin(&app, "/_mock/tokens", json!({})).await;
+        let body = format!(
+            "token={}&client_id=sr&client_secret=sec",
+            enc(minted["token"].as_str().unwrap())
+        );
+        assert_eq!(
+            admin(&app, "/_mock/hold", json!({"hold": true})).await,
+            json!({"hold": true, "held": 0})
+        );
+        let pending: Vec<_> = (0..3)
+            .map(|_| {
+                let (app, body) = (app.clone(), body.clone());
+                tokio::spawn(async move {
+                    call(&app, "POST", INTROSPECTION_PATH, &[FORM], &body)
+                        .await
+                        .0
+                })
+            })
+            .collect();
+        // Bounded wait until all three are held.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while state.held() < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("three answers held");
+        let stats = call(&app, "GET", "/_mock/stats", &[], "").await.2;
+        assert_eq!(serde_json::from_slice::<Value>(&stats).unwrap()["held"], 3);
+        assert!(pending.iter().all(|p| !p.is_finished()));
+        // Counted on arrival, answered on release.
+        let count = admin(&app, "/_mock/count", json!({"token": minted["token"]})).await;
+        assert_eq!(count["introspections"], 3);
+        assert_eq!(
+            admin(&app, "/_mock/hold", json!({"hold": false})).await,
+            json!({"hold": false, "held": 3})
+        );
+        for p in pending {
+            let status = tokio::time::timeout(Duration::from_secs(10), p)
+                .await
+                .expect("released")
+                .unwrap();
+            assert_eq!(status, 200);
+        }
+        assert_eq!(state.held(), 0);
+        // With the hold off, nothing waits.
+        assert_eq!(
+            call(&app, "POST", INTROSPECTION_PATH, &[FORM], &body)
+                .await
+                .0,
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_request_that_goes_away_is_no_longer_counted() {
+        let state = Arc::new(AppState::new(
+            ISS,
+            "fs-demo",
+            Clients::new([parse_client_arg("sr:sec").unwrap()]),
+            KeySet::new(KeyPair::generate().unwrap()),
+        ));
+        let app = router(state.clone(), false);
+        state.set_hold(true);
+        let body = "token=t&client_id=sr&client_secret=sec".to_owned();
+        let task =
+            tokio::spawn(
+                async move { call(&app, "POST", INTROSPECTION_PATH, &[FORM], &body).await },
+            );
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while state.held() < 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("held");
+        task.abort();
+        let _ = task.await;
+        assert_eq!(state.held(), 0);
+        assert!(state.holding());
     }
 
     #[tokio::test]

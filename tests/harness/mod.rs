@@ -1,28 +1,33 @@
 //! End-to-end harness: starts the real mock authorization server, the real sample SR and a real
-//! Envoy loading the filter, each on a loopback port the OS chooses; waits for them with a
-//! bound; stops them when dropped, even when a test fails.
+//! Envoy loading the filter, each on a loopback port the OS chooses and in a session of its own;
+//! waits for them with a bound; stops them (whole sessions) when dropped, even when a test fails.
+//! Starting, waiting, stopping and rendering the Envoy template are the `stack` crate's, shared
+//! with the demo and the benchmark.
 //!
 //! What it needs is built beforehand by `make test` (release binaries and the `.wasm`); it says
 //! so and fails, rather than skipping, when something is missing. Locations can be overridden:
-//! `E2E_BIN_DIR` (mock-as and sample-sr), `E2E_WASM` (the filter), `ENVOY` (the Envoy command,
-//! may be several words such as `func-e run`).
-
-pub mod http;
+//! `E2E_BIN_DIR` (mock-as, sample-sr and stack), `E2E_WASM` (the filter), `ENVOY` (the Envoy
+//! command, may be several words such as `func-e run`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use stack::render::{self, Params};
+use stack::services::{self, EnvoyOptions};
 
-pub use http::Response;
+pub use stack::http::{self, Response};
+pub use stack::proc::Proc;
 
 /// How long any component may take to become ready.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a test waits for a condition that should hold promptly.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(15);
 
 /// The client of the SR at the authorization server, as used by the default stack.
 pub const CLIENT_ID: &str = "sr-e2e";
@@ -35,17 +40,20 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn bin(name: &str) -> PathBuf {
+/// Where mock-as, sample-sr and stack are.
+pub fn bin_dir() -> PathBuf {
     let dir = std::env::var_os("E2E_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/release"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make test` (it builds the servers first) or set E2E_BIN_DIR",
-        path.display()
-    );
-    path
+    for name in ["mock-as", "sample-sr", "stack"] {
+        let path = dir.join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: run `make test` (it builds the servers first) or set E2E_BIN_DIR",
+            path.display()
+        );
+    }
+    dir
 }
 
 /// The filter's `.wasm`.
@@ -63,11 +71,8 @@ pub fn wasm_path() -> PathBuf {
 
 /// The Envoy command: `$ENVOY` (split on spaces), else the project's venv, else `envoy`.
 pub fn envoy_command() -> Vec<String> {
-    if let Ok(cmd) = std::env::var("ENVOY") {
-        let words: Vec<String> = cmd.split_whitespace().map(String::from).collect();
-        if !words.is_empty() {
-            return words;
-        }
+    if std::env::var("ENVOY").is_ok_and(|c| !c.trim().is_empty()) {
+        return services::envoy_command(None);
     }
     let venv = root().join(".venv/bin/envoy");
     if venv.is_file() {
@@ -88,81 +93,24 @@ pub fn work_dir(label: &str) -> PathBuf {
     dir
 }
 
-/// A child process killed and reaped on drop.
-pub struct Proc {
-    pub name: String,
-    child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
-        let out = fs::File::create(&log).expect("create log");
-        let err = out.try_clone().expect("clone log handle");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        Proc {
-            name: name.to_string(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// Whether the process has exited (and its status).
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    pub fn log_text(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Stops the process now.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Waits for a port file written by one of our servers.
-fn wait_port_file(proc: &mut Proc, file: &Path) -> u16 {
+/// Waits until `condition` holds, checking every 20 ms, for at most `deadline`; panics with
+/// `what` otherwise. Returns how long it took.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    loop {
-        if let Ok(text) = fs::read_to_string(file) {
-            if let Ok(port) = text.trim().parse() {
-                return port;
-            }
-        }
-        if let Some(status) = proc.exited() {
-            panic!(
-                "{} exited ({status}) before listening:\n{}",
-                proc.name,
-                proc.log_text()
-            );
-        }
-        assert!(
-            start.elapsed() < START_DEADLINE,
-            "{} not listening after {START_DEADLINE:?}:\n{}",
-            proc.name,
-            proc.log_text()
-        );
-        thread::sleep(Duration::from_millis(20));
+    stack::proc::wait_for(deadline, || condition().then_some(()))
+        .unwrap_or_else(|| panic!("not true after {deadline:?}: {what}"));
+    start.elapsed()
+}
+
+/// The body as JSON, or a panic that shows it.
+pub trait ResponseExt {
+    fn json(&self) -> Value;
+}
+
+impl ResponseExt for Response {
+    fn json(&self) -> Value {
+        self.parse_json()
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -175,16 +123,12 @@ pub struct MockAs {
 impl MockAs {
     /// Starts it with `args` (e.g. `--client id:secret:ALG`).
     pub fn start(dir: &Path, args: &[String]) -> MockAs {
-        let port_file = dir.join("mock-as.port");
-        let mut cmd = Command::new(bin("mock-as"));
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--port-file")
-            .arg(&port_file)
-            .args(args);
-        let mut proc = Proc::spawn("mock-as", cmd, dir.join("mock-as.log"));
-        let port = wait_port_file(&mut proc, &port_file);
-        MockAs { proc, port }
+        let s = services::start_mock_as(&bin_dir(), dir, 0, args, false, START_DEADLINE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        MockAs {
+            proc: s.proc,
+            port: s.port,
+        }
     }
 
     /// POSTs JSON to an admin endpoint (`/_mock/...`) and returns the JSON answer.
@@ -205,7 +149,7 @@ impl MockAs {
         }
     }
 
-    /// How many introspection requests named this token.
+    /// How many introspection requests named this token (counted when they arrive).
     pub fn introspections(&self, token: &str) -> u64 {
         self.admin("/_mock/count", json!({ "token": token }))["introspections"]
             .as_u64()
@@ -217,6 +161,21 @@ impl MockAs {
         let r = http::request(self.port, "GET", "/_mock/stats", &[], b"").expect("mock-as stats");
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
+    }
+
+    /// From now on, introspection answers wait until [`MockAs::release`].
+    pub fn hold(&self) {
+        self.admin("/_mock/hold", json!({ "hold": true }));
+    }
+
+    /// Every held answer goes; no more are held.
+    pub fn release(&self) {
+        self.admin("/_mock/hold", json!({ "hold": false }));
+    }
+
+    /// How many introspection answers are held now.
+    pub fn held(&self) -> u64 {
+        self.admin_get_stats()["held"].as_u64().expect("held")
     }
 
     /// Revokes through the RFC 7009 endpoint, authenticated with client_secret_post.
@@ -264,33 +223,40 @@ pub struct SampleSr {
 
 impl SampleSr {
     pub fn start(dir: &Path) -> SampleSr {
-        let port_file = dir.join("sample-sr.port");
-        let mut cmd = Command::new(bin("sample-sr"));
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--port-file")
-            .arg(&port_file);
-        let mut proc = Proc::spawn("sample-sr", cmd, dir.join("sample-sr.log"));
-        let port = wait_port_file(&mut proc, &port_file);
-        SampleSr { proc, port }
+        let s = services::start_sample_sr(&bin_dir(), dir, 0, false, START_DEADLINE)
+            .unwrap_or_else(|e| panic!("{e}"));
+        SampleSr {
+            proc: s.proc,
+            port: s.port,
+        }
     }
 }
 
-/// Fills the shipped Envoy template.
+/// Fills the Envoy template (OS-chosen listener and admin ports) with the shared renderer. The
+/// plugin configuration is written pretty-printed, so every case also checks that a
+/// multi-line configuration reaches the filter intact.
 pub fn render_envoy_config(
     template: &str,
     sr_port: u16,
     as_port: u16,
     plugin_config: &Value,
 ) -> String {
-    let plugin = plugin_config.to_string().replace('\'', "''");
-    template
-        .replace("${ADMIN_PORT}", "0")
-        .replace("${LISTEN_PORT}", "0")
-        .replace("${SR_PORT}", &sr_port.to_string())
-        .replace("${AS_PORT}", &as_port.to_string())
-        .replace("${WASM_PATH}", &wasm_path().display().to_string())
-        .replace("${PLUGIN_CONFIG}", &plugin)
+    let plugin = serde_json::to_string_pretty(plugin_config).expect("plugin JSON");
+    let wasm = wasm_path().display().to_string();
+    let params = Params {
+        admin_port: 0,
+        listen_port: 0,
+        sr_port,
+        as_port,
+        wasm_path: &wasm,
+        plugin_config: &plugin,
+    };
+    render::render(template, &params, &[]).unwrap_or_else(|e| panic!("render: {e}"))
+}
+
+/// The shipped template.
+pub fn template() -> String {
+    fs::read_to_string(root().join("envoy/envoy.yaml.in")).expect("envoy/envoy.yaml.in")
 }
 
 /// A running Envoy.
@@ -301,57 +267,39 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy on `config_yaml`; `Err` carries the log when it exits or never gets ready.
-    pub fn start(dir: &Path, config_yaml: &str) -> Result<Envoy, String> {
-        Envoy::start_with_env(dir, config_yaml, &[])
+    /// Starts Envoy on a rendered configuration; `Err` carries the log when it exits or never
+    /// gets ready.
+    pub fn start(dir: &Path, config: &str) -> Result<Envoy, String> {
+        Envoy::start_with_env(dir, config, &[])
     }
 
     /// Same, with extra environment variables for the Envoy process.
-    pub fn start_with_env(
-        dir: &Path,
-        config_yaml: &str,
-        env: &[(&str, &str)],
-    ) -> Result<Envoy, String> {
-        let config = dir.join("envoy.yaml");
-        fs::write(&config, config_yaml).expect("write envoy config");
-        let admin_file = dir.join("envoy-admin.address");
-        let words = envoy_command();
-        let mut cmd = Command::new(&words[0]);
-        cmd.args(&words[1..])
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "1", "--disable-hot-restart"])
-            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .env_remove("INTROSPECTION_CLIENT_SECRET")
-            .envs(env.iter().copied());
-        let mut proc = Proc::spawn("envoy", cmd, dir.join("envoy.log"));
-        let start = Instant::now();
-        loop {
-            if let Some(status) = proc.exited() {
-                return Err(format!("envoy exited ({status}):\n{}", proc.log_text()));
-            }
-            if start.elapsed() > START_DEADLINE {
-                return Err(format!(
-                    "envoy not ready after {START_DEADLINE:?}:\n{}",
-                    proc.log_text()
-                ));
-            }
-            if let Some(admin_port) = fs::read_to_string(&admin_file)
-                .ok()
-                .and_then(|a| a.trim().rsplit(':').next()?.parse::<u16>().ok())
-            {
-                if let Some(port) = ready_listener_port(admin_port) {
-                    return Ok(Envoy {
-                        proc,
-                        port,
-                        admin_port,
-                    });
-                }
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Envoy, String> {
+        let doc: Value = serde_json::from_str(config).expect("a rendered configuration");
+        let names = render::listener_names(&doc);
+        let options = EnvoyOptions {
+            command: envoy_command(),
+            concurrency: 1,
+            log_level: "info".to_owned(),
+            component_log_level: Some("wasm:debug".to_owned()),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            env_remove: vec!["INTROSPECTION_CLIENT_SECRET".to_owned()],
+            die_with_parent: false,
+        };
+        let envoy = services::start_envoy(dir, "envoy", config, &names, &options, START_DEADLINE)?;
+        let port = names
+            .first()
+            .and_then(|n| envoy.listeners.get(n))
+            .copied()
+            .ok_or_else(|| "envoy has no listener".to_owned())?;
+        Ok(Envoy {
+            proc: envoy.proc,
+            port,
+            admin_port: envoy.admin_port,
+        })
     }
 
     /// A counter or gauge from `/stats` (0 when absent).
@@ -382,18 +330,6 @@ impl Envoy {
             .expect("admin stats")
             .text()
     }
-}
-
-fn ready_listener_port(admin_port: u16) -> Option<u16> {
-    let ready = http::request(admin_port, "GET", "/ready", &[], b"").ok()?;
-    if ready.status != 200 {
-        return None;
-    }
-    let listeners = http::request(admin_port, "GET", "/listeners?format=json", &[], b"").ok()?;
-    let v: Value = serde_json::from_slice(&listeners.body).ok()?;
-    let port =
-        v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
-    u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
 /// The plugin configuration the default stack uses.
@@ -441,6 +377,8 @@ pub struct StackOptions {
     pub plugin: Value,
     /// Make the mock's JWKS endpoint answer 503 before Envoy starts.
     pub jwks_down_at_start: bool,
+    /// The SR's client secret; default a fresh one per run.
+    pub client_secret: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -450,6 +388,7 @@ impl Default for StackOptions {
             client_alg: "none",
             plugin: json!({}),
             jwks_down_at_start: false,
+            client_secret: None,
         }
     }
 }
@@ -461,7 +400,10 @@ impl Stack {
 
     pub fn with(label: &str, options: StackOptions) -> Stack {
         let dir = work_dir(label);
-        let client_secret = fresh_secret("sr-e2e-secret");
+        let client_secret = options
+            .client_secret
+            .clone()
+            .unwrap_or_else(|| fresh_secret("sr-e2e-secret"));
         let mut as_args = vec![
             "--client".to_string(),
             format!("{CLIENT_ID}:{client_secret}:{}", options.client_alg),
@@ -484,11 +426,10 @@ impl Stack {
         if options.jwks_down_at_start {
             auth.admin("/_mock/jwks", json!({ "available": false }));
         }
-        let template = fs::read_to_string(root().join("envoy/envoy.yaml.in")).expect("template");
-        let yaml = render_envoy_config(&template, sr.port, auth.port, &plugin);
+        let config = render_envoy_config(&template(), sr.port, auth.port, &plugin);
         let envoy = Envoy::start_with_env(
             &dir,
-            &yaml,
+            &config,
             &[("INTROSPECTION_CLIENT_SECRET", client_secret.as_str())],
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -544,16 +485,20 @@ impl Stack {
         self.get(path, &[("authorization", value.as_bytes())])
     }
 
-    /// Sends requests with `token` until one gets `status`, for at most `deadline`.
+    /// Sends requests with `token` until one gets `status`, for at most `deadline`; returns
+    /// that answer, or the last one.
     pub fn eventually(&self, token: &str, status: u16, deadline: Duration) -> Response {
-        let start = Instant::now();
-        loop {
+        let mut last = None;
+        stack::proc::wait_for(deadline, || {
             let r = self.get_with_token("/api/users/me", token);
-            if r.status == status || start.elapsed() > deadline {
-                return r;
+            if r.status == status {
+                return Some(r);
             }
-            thread::sleep(Duration::from_millis(200));
-        }
+            last = Some(r);
+            None
+        })
+        .or(last)
+        .expect("at least one answer")
     }
 
     /// A filter metric (`wasmcustom.introspection.<name>` in `/stats`).
@@ -573,7 +518,7 @@ impl Stack {
             assert!(
                 !log.contains(s.as_str()),
                 "a token or secret appears in Envoy's log ({})",
-                self.envoy.proc.log.display()
+                self.dir.join("envoy.log").display()
             );
         }
     }
@@ -584,6 +529,8 @@ impl Drop for Stack {
         if !thread::panicking() {
             self.assert_log_clean();
         }
+        // Envoy first, so no request is in flight when the servers go.
+        self.envoy.proc.stop();
     }
 }
 

@@ -1,5 +1,6 @@
-//! A deliberately small HTTP/1.1 client: the suite must send what ordinary clients refuse to
-//! (two `Authorization` headers, non-UTF-8 bytes), so requests are written by hand.
+//! A deliberately small HTTP/1.1 client, for readiness checks and for the end-to-end suite,
+//! which must send what ordinary clients refuse to (two `Authorization` headers, non-UTF-8
+//! bytes), so requests are written by hand.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,8 +9,11 @@ use std::time::Duration;
 /// A parsed response.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// Status code.
     pub status: u16,
+    /// Headers, names in lower case.
     pub headers: Vec<(String, String)>,
+    /// Body (de-chunked).
     pub body: Vec<u8>,
 }
 
@@ -22,21 +26,18 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+    /// The body as JSON.
+    pub fn parse_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_slice(&self.body)
     }
 
+    /// The body as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
-/// Sends one request on a fresh connection and reads the whole answer.
+/// Sends one request to 127.0.0.1:`port` on a fresh connection and reads the whole answer.
 pub fn request(
     port: u16,
     method: &str,
@@ -84,7 +85,7 @@ pub fn send_raw(port: u16, raw: &[u8]) -> std::io::Result<Response> {
 
 fn parse(buf: &[u8]) -> Option<Response> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let head = std::str::from_utf8(buf.get(..end)?).ok()?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
     let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
@@ -92,7 +93,7 @@ fn parse(buf: &[u8]) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let rest = &buf[end + 4..];
+    let rest = buf.get(end + 4..)?;
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
@@ -112,13 +113,38 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size_text = std::str::from_utf8(data.get(..line_end)?).ok()?;
         let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
+        data = data.get(line_end + 2..)?;
         if size == 0 {
             return Some(out);
         }
         out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
+        data = data.get(size.checked_add(2)?..)?;
+    }
+}
+
+/// `GET` on 127.0.0.1:`port`.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    request(port, "GET", path, &[], b"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed_plain_and_chunked() {
+        let plain = parse(b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\n\r\n{\"k\":1}").expect("plain");
+        assert_eq!(plain.status, 200);
+        assert_eq!(plain.header("content-type"), Some("a/b"));
+        assert_eq!(plain.parse_json().expect("json")["k"], 1);
+        let chunked = parse(
+            b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n",
+        )
+        .expect("chunked");
+        assert_eq!((chunked.status, chunked.text().as_str()), (404, "abcde"));
+        assert!(parse(b"HTTP/1.1 200 OK\r\n").is_none());
+        assert!(parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nff\r\nab").is_none());
     }
 }
