@@ -295,76 +295,31 @@ mod tests {
     fn inactive_expired_and_wrong_type_are_invalid() {
         let c = config(json!({}));
         let inactive = json!({"active": false}).as_object().unwrap().clone();
-        assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                &inactive,
-                NOW
-            )
-            .kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &inactive, NOW).kind(), "inactive");
 
         let mut expired = proconnect_active();
         expired.insert("exp".into(), json!(NOW));
-        assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                &expired,
-                NOW
-            )
-            .kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &expired, NOW).kind(), "inactive");
 
         let mut refresh = proconnect_active();
         refresh.remove("token_type");
-        assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                &refresh,
-                NOW
-            )
-            .kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &refresh, NOW).kind(), "inactive");
 
         let mut other = proconnect_active();
         other.insert("token_type".into(), json!("refresh_token"));
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &other, NOW).kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &other, NOW).kind(), "inactive");
 
         let mut nbf = proconnect_active();
         nbf.insert("nbf".into(), json!(NOW + 10));
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &nbf, NOW).kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &nbf, NOW).kind(), "inactive");
 
         let mut no_sub = proconnect_active();
         no_sub.remove("sub");
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &no_sub, NOW).kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &no_sub, NOW).kind(), "inactive");
         no_sub.insert("sub".into(), json!(""));
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &no_sub, NOW).kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &no_sub, NOW).kind(), "inactive");
         no_sub.insert("sub".into(), json!(42));
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &no_sub, NOW).kind(),
-            "inactive"
-        );
+        assert_eq!(evaluate_with(&c, &no_sub, NOW).kind(), "inactive");
     }
 
     #[test]
@@ -382,29 +337,16 @@ mod tests {
         let c = config(json!({}));
         for bad in [json!({}), json!({"active": "true"}), json!({"active": 1})] {
             assert_eq!(
-                evaluate(
-                    &c.policy,
-                    &c.policy.requirements,
-                    &c.identity,
-                    bad.as_object().unwrap(),
-                    NOW
-                )
-                .kind(),
+                evaluate_with(&c, bad.as_object().unwrap(), NOW).kind(),
                 "unavailable"
             );
         }
         let mut a = proconnect_active();
         a.insert("exp".into(), json!("soon"));
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW).kind(),
-            "unavailable"
-        );
+        assert_eq!(evaluate_with(&c, &a, NOW).kind(), "unavailable");
         let mut a = proconnect_active();
         a.insert("sub".into(), json!("abc\r\nx-admin: 1"));
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW).kind(),
-            "unavailable"
-        );
+        assert_eq!(evaluate_with(&c, &a, NOW).kind(), "unavailable");
     }
 
     #[test]
@@ -414,38 +356,18 @@ mod tests {
         let a = json!({"active": true, "user_id": "jdoe", "expires": (NOW + 60).to_string(),
             "client_id": "c", "scope": "openid"});
         assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                a.as_object().unwrap(),
-                NOW
-            ),
+            evaluate_with(&c, a.as_object().unwrap(), NOW),
             Decision::Allow(vec![("x-user-sub".into(), "jdoe".into())])
         );
         let expired = json!({"active": true, "user_id": "jdoe", "expires": NOW - 1});
         assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                expired.as_object().unwrap(),
-                NOW
-            )
-            .kind(),
+            evaluate_with(&c, expired.as_object().unwrap(), NOW).kind(),
             "inactive"
         );
         // Without the switch, a missing token_type is refused.
         let strict = config(json!({"user_claim": "user_id", "expiry_claim": "expires"}));
         assert_eq!(
-            evaluate(
-                &strict.policy,
-                &strict.policy.requirements,
-                &strict.identity,
-                a.as_object().unwrap(),
-                NOW
-            )
-            .kind(),
+            evaluate_with(&strict, a.as_object().unwrap(), NOW).kind(),
             "inactive"
         );
     }
@@ -454,52 +376,20 @@ mod tests {
     fn required_scopes_must_all_be_present() {
         let c = config(json!({"required_scopes": ["openid", "email"]}));
         assert!(matches!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                &proconnect_active(),
-                NOW
-            ),
+            evaluate_with(&c, &proconnect_active(), NOW),
             Decision::Allow(_)
         ));
         let c = config(json!({"required_scopes": ["openid", "locations"]}));
         assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                &proconnect_active(),
-                NOW
-            ),
+            evaluate_with(&c, &proconnect_active(), NOW),
             Decision::Deny(Denial::InsufficientScope)
         );
         // A prefix is not the scope.
         let c = config(json!({"required_scopes": ["mail"]}));
-        assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                &proconnect_active(),
-                NOW
-            )
-            .kind(),
-            "scope"
-        );
+        assert_eq!(evaluate_with(&c, &proconnect_active(), NOW).kind(), "scope");
         let mut no_scope = proconnect_active();
         no_scope.remove("scope");
-        assert_eq!(
-            evaluate(
-                &c.policy,
-                &c.policy.requirements,
-                &c.identity,
-                &no_scope,
-                NOW
-            )
-            .kind(),
-            "scope"
-        );
+        assert_eq!(evaluate_with(&c, &no_scope, NOW).kind(), "scope");
     }
 
     #[test]
@@ -509,8 +399,7 @@ mod tests {
             "exp": "x-token-exp"}}));
         let mut a = proconnect_active();
         a.insert("groups".into(), json!(["a", "b"]));
-        let Decision::Allow(h) = evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW)
-        else {
+        let Decision::Allow(h) = evaluate_with(&c, &a, NOW) else {
             panic!("not allowed")
         };
         assert!(h.contains(&("x-token-client-id".into(), "fs".into())));
@@ -523,9 +412,6 @@ mod tests {
         assert!(!h.iter().any(|(n, _)| n == "x-missing"));
 
         a.insert("groups".into(), json!({"x": 1}));
-        assert_eq!(
-            evaluate(&c.policy, &c.policy.requirements, &c.identity, &a, NOW).kind(),
-            "unavailable"
-        );
+        assert_eq!(evaluate_with(&c, &a, NOW).kind(), "unavailable");
     }
 }

@@ -832,14 +832,18 @@ impl Gate {
         self.judge_parked(now, host)
     }
 
+    /// The flights whose stage matches.
+    fn flights_where(&self, matches: impl Fn(&Stage) -> bool) -> Vec<[u8; 32]> {
+        self.flights
+            .iter()
+            .filter(|(_, f)| matches(&f.stage))
+            .map(|(fp, _)| *fp)
+            .collect()
+    }
+
     /// Judges again, with the keys the VM now has, every answer that waited for them.
     fn judge_parked<H: Host>(&mut self, now: i64, host: &mut H) -> Effects {
-        let parked: Vec<[u8; 32]> = self
-            .flights
-            .iter()
-            .filter(|(_, f)| matches!(f.stage, Stage::AwaitingKeys(_)))
-            .map(|(fp, _)| *fp)
-            .collect();
+        let parked = self.flights_where(|s| matches!(s, Stage::AwaitingKeys(_)));
         let mut effects = Effects::new();
         for fp in parked {
             let Some(flight) = self.flights.get_mut(&fp) else {
@@ -862,12 +866,7 @@ impl Gate {
         stage_matches: fn(&Stage) -> bool,
         host: &mut H,
     ) -> Effects {
-        let failed: Vec<[u8; 32]> = self
-            .flights
-            .iter()
-            .filter(|(_, f)| stage_matches(&f.stage))
-            .map(|(fp, _)| *fp)
-            .collect();
+        let failed = self.flights_where(stage_matches);
         let mut effects = Effects::new();
         for fp in failed {
             effects.extend(self.finish_flight(fp, now, Err(fault), host));
@@ -977,12 +976,7 @@ impl Gate {
 
     /// Sends again, from the VM, the introspections whose sender went away.
     fn send_orphans<H: Host>(&mut self, now: i64, host: &mut H) -> Effects {
-        let orphans: Vec<[u8; 32]> = self
-            .flights
-            .iter()
-            .filter(|(_, f)| matches!(f.stage, Stage::Orphaned))
-            .map(|(fp, _)| *fp)
-            .collect();
+        let orphans = self.flights_where(|s| matches!(s, Stage::Orphaned));
         let mut effects = Effects::new();
         for fp in orphans {
             let Some(flight) = self.flights.get_mut(&fp) else {
