@@ -129,3 +129,45 @@ fn an_answer_the_policy_cannot_use_is_not_cached() {
     assert_eq!(stack.metric("denied.unavailable"), 1);
     stack.assert_log_clean();
 }
+
+#[test]
+fn waiters_are_served_when_the_request_that_introspected_goes_away() {
+    let stack = Stack::start("sender-gone");
+    let token = stack.user_token(SUB);
+    let held = || stack.auth.admin_get_stats()["held"].as_u64().expect("held");
+    stack.auth.admin("/_mock/hold", json!({ "hold": true }));
+
+    // The first client's request sends the introspection; the second waits for it.
+    let mut first = TcpStream::connect(("127.0.0.1", stack.envoy.port)).expect("connect");
+    write!(
+        first,
+        "GET /api/users/me HTTP/1.1\r\nhost: sr\r\nauthorization: Bearer {token}\r\n\r\n"
+    )
+    .expect("send");
+    wait_until("the introspection", Duration::from_secs(10), || held() == 1);
+    thread::scope(|s| {
+        let second = s.spawn(|| stack.get_with_token("/api/users/me", &token));
+        wait_until(
+            "the second request to wait",
+            Duration::from_secs(10),
+            || stack.metric("callout.coalesced") == 1,
+        );
+        // The sender leaves: Envoy cancels its callout; the VM sends it again for the waiter.
+        drop(first);
+        wait_until(
+            "the introspection sent again",
+            Duration::from_secs(15),
+            || held() == 2,
+        );
+        stack.auth.admin("/_mock/hold", json!({ "hold": false }));
+        let r = second.join().expect("second");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["sub"], SUB);
+    });
+    assert_eq!(stack.metric("callout.sent"), 2);
+    assert_eq!(
+        stack.upstream_requests(),
+        1,
+        "only the waiter reached the SR"
+    );
+}
