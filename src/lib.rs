@@ -33,6 +33,12 @@ struct Vm {
 
 type VmRef = Rc<RefCell<Vm>>;
 
+/// Runs `f` on the gate; the borrow ends when `f` returns, before any verdict is applied.
+fn with_gate<R>(vm: &VmRef, f: impl FnOnce(&mut Gate, &mut host::Envoy) -> R) -> R {
+    let Vm { gate, host } = &mut *vm.borrow_mut();
+    f(gate, host)
+}
+
 /// Per plugin configuration, per VM.
 struct Root {
     id: u32,
@@ -48,10 +54,9 @@ impl Context for Root {
 /// A callout answer, whichever context the SDK hands it to: the gate knows what it was for.
 fn deliver(vm: Option<&VmRef>, current: u32, token: u32, headers: usize, body: usize) {
     if let Some(vm) = vm {
-        let effects = {
-            let Vm { gate, host } = &mut *vm.borrow_mut();
+        let effects = with_gate(vm, |gate, host| {
             gate.on_callout_response(token, headers, body, host)
-        };
+        });
         apply_effects(vm, current, effects);
     }
 }
@@ -95,10 +100,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(vm) = &self.vm {
-            let effects = {
-                let Vm { gate, host } = &mut *vm.borrow_mut();
-                gate.on_tick(host)
-            };
+            let effects = with_gate(vm, |gate, host| gate.on_tick(host));
             apply_effects(vm, self.id, effects);
         }
     }
@@ -130,8 +132,7 @@ impl Context for Request {
 
     fn on_done(&mut self) -> bool {
         if let Some(vm) = &self.vm {
-            let Vm { gate, host } = &mut *vm.borrow_mut();
-            gate.on_done(self.id, host);
+            with_gate(vm, |gate, host| gate.on_done(self.id, host));
         }
         true
     }
@@ -143,10 +144,7 @@ impl HttpContext for Request {
             send_reply(self.id, &reply::unconfigured());
             return Action::Pause;
         };
-        let step = {
-            let Vm { gate, host } = &mut *vm.borrow_mut();
-            gate.on_request_headers(self.id, host)
-        };
+        let step = with_gate(vm, |gate, host| gate.on_request_headers(self.id, host));
         match step {
             Step::Pause => Action::Pause,
             Step::Verdict(verdict) => apply(vm, self.id, verdict, false),
@@ -165,10 +163,7 @@ impl HttpContext for Request {
         let Some(vm) = &self.vm else {
             return Action::Pause;
         };
-        let step = {
-            let Vm { gate, host } = &mut *vm.borrow_mut();
-            gate.on_request_trailers(self.id, host)
-        };
+        let step = with_gate(vm, |gate, host| gate.on_request_trailers(self.id, host));
         match step {
             Trailers::Strip { remove, hold } => {
                 for name in &remove {
@@ -244,8 +239,7 @@ fn apply(vm: &VmRef, id: u32, verdict: Verdict, resume: bool) -> Action {
 
 /// The gate's 503 for a request whose headers could not be edited.
 fn fail_allow(vm: &VmRef, id: u32, e: HostError) -> Verdict {
-    let Vm { gate, host } = &mut *vm.borrow_mut();
-    gate.allow_failed(id, e, host)
+    with_gate(vm, |gate, host| gate.allow_failed(id, e, host))
 }
 
 fn edit_headers(remove: &[String], set: &[(String, String)]) -> Result<(), HostError> {
