@@ -23,7 +23,7 @@ ENVOY ?= $(shell if command -v func-e >/dev/null 2>&1; then echo "func-e run"; \
 	else echo "$(VENV_ENVOY)"; fi)
 export ENVOY
 
-.PHONY: all build wasm servers envoy wasm-target run test unit e2e lint fmt clippy bench clean
+.PHONY: fuzz all build wasm servers envoy wasm-target run test unit e2e lint fmt clippy bench clean
 
 all: build
 
@@ -89,3 +89,21 @@ lint: fmt clippy
 clean:
 	$(CARGO) clean
 	rm -rf .run .tools
+
+# Fuzzing (cargo-fuzz, nightly): each target for FUZZ_SECONDS, starting from the committed seed
+# corpus (fuzz/corpus/, copied so new inputs stay out of git); a crash fails the target and
+# leaves its input in fuzz/artifacts/<target>/. `make test` does not fuzz.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := config bearer header_map answer jwt
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@mkdir -p target/fuzz-logs
+	@set -o pipefail; for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t && cp -n fuzz/corpus/$$t/* target/fuzz-corpus/$$t/; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		(cd fuzz && cargo +nightly fuzz run $$t ../target/fuzz-corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) > target/fuzz-logs/$$t.log 2>&1 \
+			|| { tail -n 40 target/fuzz-logs/$$t.log; echo "fuzz: $$t FAILED"; exit 1; }; \
+		grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' target/fuzz-logs/$$t.log | tail -n 2; \
+	done; echo "fuzz: every target ran $(FUZZ_SECONDS) s without a crash"

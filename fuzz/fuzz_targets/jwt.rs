@@ -1,0 +1,37 @@
+//! The JWS verifier on arbitrary input, against fixed keys (HS256 secret, the RFC 7515/7517
+//! public keys): never panics, never accepts what it was not signed with.
+#![no_main]
+
+use introspection_core::jwt::{self, Expectations, KeySet, Keys, SigningAlg};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+fn keys() -> &'static KeySet {
+    static K: OnceLock<KeySet> = OnceLock::new();
+    K.get_or_init(|| {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../core/tests/fixtures/rfc-vectors.json"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let jwks = vectors["rfc7517_a1_public_jwks"].to_string();
+        KeySet::from_jwks(jwks.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    for alg in [SigningAlg::RS256, SigningAlg::ES256, SigningAlg::HS256] {
+        let expect = Expectations {
+            alg,
+            issuer: "https://as",
+            client_id: "sr",
+            now: 1_790_000_000,
+            leeway: 30,
+            max_age: 120,
+        };
+        let keys = match alg {
+            SigningAlg::HS256 => Keys::Secret(b"the-client-secret"),
+            _ => Keys::Jwks(keys()),
+        };
+        // Random bytes are never a valid signature under these keys.
+        assert!(jwt::verify(data, keys, &expect).is_err());
+    }
+});
