@@ -11,8 +11,14 @@ fuzz_target!(|data: &[u8]| {
     let values = if data.is_empty() { Vec::new() } else { values };
     if let Credentials::Bearer(token) = bearer::extract(&values, 4096) {
         assert!(bearer::is_b64token(token.as_bytes()));
-        assert!(values.iter().any(|v| v.windows(token.len()).any(|w| w == token.as_bytes())));
-        for encoding in [BearerEncoding::Raw, BearerEncoding::Base64, BearerEncoding::RawOrBase64] {
+        assert!(values
+            .iter()
+            .any(|v| v.windows(token.len()).any(|w| w == token.as_bytes())));
+        for encoding in [
+            BearerEncoding::Raw,
+            BearerEncoding::Base64,
+            BearerEncoding::RawOrBase64,
+        ] {
             if let Ok(decoded) = bearer::decode(token, encoding) {
                 assert!(bearer::is_b64token(decoded.as_bytes()));
             }
