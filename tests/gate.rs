@@ -424,54 +424,6 @@ fn invalid_plugin_configuration_is_refused_at_load() {
 }
 
 #[test]
-fn shipped_envoy_configs_validate() {
-    let dir = e2e::work_dir("validate");
-    let template =
-        std::fs::read_to_string(e2e::root().join("envoy/envoy.yaml.in")).expect("template");
-    let plugin = e2e::default_plugin_config(1, "s");
-    let mut configs = vec![(
-        "envoy.yaml.in".to_string(),
-        e2e::render_envoy_config(&template, 1, 2, &plugin),
-    )];
-    for entry in std::fs::read_dir(e2e::root().join("envoy")).expect("envoy/") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        if name.ends_with(".yaml") && !name.starts_with("istio") {
-            let text = std::fs::read_to_string(&path).expect("read");
-            configs.push((
-                name,
-                text.replace("${WASM_PATH}", &e2e::wasm_path().display().to_string()),
-            ));
-        }
-    }
-    assert!(
-        configs.len() >= 2,
-        "envoy/ ships the demo template and at least one other config"
-    );
-    for (name, yaml) in configs {
-        let file = dir.join(format!("{name}.rendered.yaml"));
-        std::fs::write(&file, yaml).expect("write");
-        let words = e2e::envoy_command();
-        let out = std::process::Command::new(&words[0])
-            .args(&words[1..])
-            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-            .arg(&file)
-            .output()
-            .expect("run envoy --mode validate");
-        assert!(
-            out.status.success(),
-            "{name} does not validate:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-#[test]
 fn istio_plugin_config_is_accepted_by_the_filter() {
     let text = std::fs::read_to_string(e2e::root().join("envoy/istio/wasmplugin.yaml"))
         .expect("wasmplugin.yaml");

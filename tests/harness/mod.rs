@@ -7,6 +7,7 @@
 //! `E2E_BIN_DIR` (mock-as and sample-sr), `E2E_WASM` (the filter), `ENVOY` (the Envoy command,
 //! may be several words such as `func-e run`).
 
+pub mod deploy;
 pub mod http;
 
 use std::fs;
