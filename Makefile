@@ -85,11 +85,14 @@ oci-check: oci
 	@command -v skopeo >/dev/null 2>&1 || { apt-get update && $(APT_INSTALL) skopeo; }
 	python3 scripts/oci.py check --wasm $(WASM) --out $(OCI_DIR)
 
-# The Prometheus rules are valid and their unit tests pass.
+# The Prometheus rules are valid and their unit tests pass; the dashboard's queries parse.
 rules-check:
 	@command -v promtool >/dev/null 2>&1 || { apt-get update && $(APT_INSTALL) prometheus; }
 	promtool check rules ops/prometheus/introspection.rules.yaml
 	promtool test rules ops/prometheus/introspection.rules.test.yaml
+	@mkdir -p target
+	python3 scripts/dashboard-queries.py ops/grafana/proconnect-introspection.json > target/dashboard-queries.rules.yaml
+	promtool check rules target/dashboard-queries.rules.yaml
 
 # The benchmark (bench/README.md): wrk from Debian, matplotlib in .venv, then bench/run.py.
 bench: build envoy
