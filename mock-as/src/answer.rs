@@ -134,7 +134,8 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    fn json(status: u16, body: Vec<u8>) -> Self {
+    /// A JSON answer.
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
         Self {
             status,
             content_type: JSON,
@@ -148,6 +149,27 @@ pub fn accepts_jwt(accept: &str) -> bool {
     accept.to_ascii_lowercase().contains(JWT_MEDIA_TYPE)
 }
 
+/// The answer of a fault that replaces any answer (`status_500`, `garbage`, `huge`), if
+/// `tamper` is one.
+pub fn fault_answer(tamper: Option<Tamper>) -> Option<Rendered> {
+    match tamper? {
+        Tamper::Status500 => {
+            let body = serde_json::json!({
+                "error": "server_error",
+                "error_description": "oops! something went wrong",
+            });
+            Some(Rendered::json(500, body.to_string().into_bytes()))
+        }
+        Tamper::Garbage => Some(Rendered::json(200, b"not json at all".to_vec())),
+        Tamper::Huge => {
+            let mut body = vec![b' '; HUGE_PADDING];
+            body.extend_from_slice(b"{}");
+            Some(Rendered::json(200, body))
+        }
+        _ => None,
+    }
+}
+
 /// Renders the answer for a token: `active` is its record when it is active (minted,
 /// not expired, not revoked).
 pub fn render(
@@ -155,21 +177,8 @@ pub fn render(
     tamper: Option<Tamper>,
     ctx: &Context<'_>,
 ) -> Result<Rendered, String> {
-    match tamper {
-        Some(Tamper::Status500) => {
-            let body = serde_json::json!({
-                "error": "server_error",
-                "error_description": "oops! something went wrong",
-            });
-            return Ok(Rendered::json(500, body.to_string().into_bytes()));
-        }
-        Some(Tamper::Garbage) => return Ok(Rendered::json(200, b"not json at all".to_vec())),
-        Some(Tamper::Huge) => {
-            let mut body = vec![b' '; HUGE_PADDING];
-            body.extend_from_slice(b"{}");
-            return Ok(Rendered::json(200, body));
-        }
-        _ => {}
+    if let Some(fault) = fault_answer(tamper) {
+        return Ok(fault);
     }
     let mut answer = match active {
         Some(record) => Answer::active(record, ctx.fs_client_id, ctx.issuer),

@@ -6,6 +6,7 @@ mod answer;
 mod clients;
 mod jws;
 mod keys;
+mod oauthsd;
 mod routes;
 mod store;
 mod util;
@@ -34,7 +35,11 @@ struct Cli {
     /// Write the bound port (digits only) to this file, atomically, once ready.
     #[arg(long)]
     port_file: Option<PathBuf>,
-    /// Issuer URL [default: http://127.0.0.1:PORT/api/v2].
+    /// Which server to imitate: `proconnect` (endpoints under /api/v2, ProConnect's answers)
+    /// or `oauthsd` (endpoints at the root: /introspect, /keys, /revoke; OAuthSD's answers).
+    #[arg(long, value_enum, default_value_t = Profile::Proconnect)]
+    profile: Profile,
+    /// Issuer URL [default: http://127.0.0.1:PORT/api/v2, or http://127.0.0.1:PORT for oauthsd].
     #[arg(long)]
     issuer: Option<String>,
     /// A resource-server client, ID:SECRET[:ALG] with ALG none|RS256|ES256|HS256
@@ -54,6 +59,15 @@ struct Cli {
     /// report nothing): memory stays flat under millions of distinct tokens (benchmarks).
     #[arg(long)]
     no_bookkeeping: bool,
+}
+
+/// The authorization server imitated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Profile {
+    /// ProConnect (node-oidc-provider): everything under `/api/v2`.
+    Proconnect,
+    /// OAuthSD: endpoints at the root, storage-row introspection answers.
+    Oauthsd,
 }
 
 fn main() -> ExitCode {
@@ -133,16 +147,19 @@ async fn run(cli: Cli) -> Result<(), String> {
     let keys = keygen
         .await
         .map_err(|e| format!("key generation task: {e}"))??;
-    let issuer = cli
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}/api/v2"));
+    let issuer = cli.issuer.clone().unwrap_or_else(|| match cli.profile {
+        Profile::Proconnect => format!("http://{addr}/api/v2"),
+        Profile::Oauthsd => format!("http://{addr}"),
+    });
     let mut state = AppState::new(&issuer, &cli.fs_client_id, clients, KeySet::new(keys));
     if cli.no_bookkeeping {
         state = state.without_bookkeeping();
     }
     let state = Arc::new(state);
-    let app = routes::router(state.clone(), !cli.quiet);
+    let app = match cli.profile {
+        Profile::Proconnect => routes::router(state.clone(), !cli.quiet),
+        Profile::Oauthsd => oauthsd::router(state.clone(), !cli.quiet),
+    };
 
     {
         let mut stdout = std::io::stdout().lock();
@@ -155,7 +172,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let _ = writeln!(
         std::io::stderr().lock(),
-        "mock-as: issuer {}, clients {}, fs client_id {}, ready in {} ms",
+        "mock-as: profile {:?}, issuer {}, clients {}, fs client_id {}, ready in {} ms",
+        cli.profile,
         state.issuer,
         state.clients.summary(),
         state.fs_client_id,
@@ -214,6 +232,11 @@ mod tests {
         let cli = Cli::try_parse_from(["mock-as"]).unwrap();
         assert_eq!(cli.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(cli.fs_client_id, "fs-demo");
+        assert_eq!(cli.profile, Profile::Proconnect);
+        let cli = Cli::try_parse_from(["mock-as", "--profile", "oauthsd"]).unwrap();
+        assert_eq!(cli.profile, Profile::Oauthsd);
+        assert!(Cli::try_parse_from(["mock-as", "--profile", "keycloak"]).is_err());
+        let cli = Cli::try_parse_from(["mock-as"]).unwrap();
         let clients = gather_clients(&cli).unwrap();
         assert_eq!(clients.summary(), "sr-demo(none)");
         assert_eq!(

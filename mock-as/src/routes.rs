@@ -30,7 +30,8 @@ pub const JWKS_PATH: &str = "/api/v2/jwks";
 /// Path of the discovery document.
 pub const DISCOVERY_PATH: &str = "/api/v2/.well-known/openid-configuration";
 
-const NO_STORE: &str = "no-store";
+/// `Cache-Control` of OAuth answers.
+pub const NO_STORE: &str = "no-store";
 const PUBLIC_600: &str = "public, max-age=600";
 
 /// Everything the handlers share.
@@ -221,6 +222,11 @@ pub fn router(state: Arc<AppState>, log_requests: bool) -> Router {
         .route(REVOCATION_PATH, post(revoke))
         .merge(crate::admin::router())
         .with_state(state);
+    with_request_log(app, log_requests)
+}
+
+/// Adds the request log (method, path, status) when asked.
+pub(crate) fn with_request_log(app: Router, log_requests: bool) -> Router {
     if log_requests {
         app.layer(axum::middleware::from_fn(log))
     } else {
@@ -257,11 +263,11 @@ pub fn respond(
     response
 }
 
-fn oauth_error(error: &OAuthError) -> Response {
+pub(crate) fn oauth_error(error: &OAuthError) -> Response {
     respond(error.status, JSON, NO_STORE, error.body())
 }
 
-fn server_error(message: &str) -> Response {
+pub(crate) fn server_error(message: &str) -> Response {
     let _ = writeln!(std::io::stderr().lock(), "internal error: {message}");
     oauth_error(&OAuthError {
         status: 500,
@@ -271,7 +277,7 @@ fn server_error(message: &str) -> Response {
 }
 
 /// All values of a header, comma-joined (lossy for non-UTF-8 bytes).
-fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+pub(crate) fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
     let values: Vec<String> = headers
         .get_all(name)
         .iter()
@@ -282,7 +288,11 @@ fn header_text(headers: &HeaderMap, name: HeaderName) -> Option<String> {
 
 /// Reads the form body. Like node-oidc-provider: a body of another declared type is
 /// refused, no `Content-Type` means no parameters, and no parameter may repeat.
-fn read_form(headers: &HeaderMap, body: &[u8], path: &str) -> Result<FormParams, OAuthError> {
+pub(crate) fn read_form(
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+) -> Result<FormParams, OAuthError> {
     let params = match headers.get(CONTENT_TYPE) {
         None => FormParams::default(),
         Some(value) => {
@@ -304,12 +314,12 @@ fn read_form(headers: &HeaderMap, body: &[u8], path: &str) -> Result<FormParams,
     Ok(params)
 }
 
-fn missing_token() -> OAuthError {
+pub(crate) fn missing_token() -> OAuthError {
     OAuthError::invalid_request("missing required parameter 'token'")
 }
 
 /// The request's shape, for `/_mock/last-request`.
-fn describe(
+pub(crate) fn describe(
     headers: &HeaderMap,
     params: &FormParams,
     authorization: Option<&str>,
@@ -421,7 +431,11 @@ async fn introspect(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
 }
 
-async fn revoke(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn revoke(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let params = match read_form(&headers, &body, REVOCATION_PATH) {
         Ok(params) => params,
         Err(error) => return oauth_error(&error),

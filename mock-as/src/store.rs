@@ -156,6 +156,11 @@ impl Store {
         self.tokens.insert(token, record);
     }
 
+    /// The record of a minted token, without any bookkeeping.
+    pub fn get(&self, token: &str) -> Option<&TokenRecord> {
+        self.tokens.get(token)
+    }
+
     /// Marks a token revoked; false if it was never minted.
     pub fn revoke(&mut self, token: &str) -> bool {
         match self.tokens.get_mut(token) {

@@ -9,6 +9,8 @@
 //! `E2E_BIN_DIR` (mock-as, sample-sr and stack), `E2E_WASM` (the filter), `ENVOY` (the Envoy
 //! command, may be several words such as `func-e run`).
 
+pub mod deploy;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -275,8 +277,25 @@ impl Envoy {
 
     /// Same, with extra environment variables for the Envoy process.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Envoy, String> {
-        let doc: Value = serde_json::from_str(config).expect("a rendered configuration");
-        let names = render::listener_names(&doc);
+        // A rendered configuration (JSON), or a shipped template filled in as YAML.
+        let doc: Value = serde_json::from_str(config)
+            .or_else(|_| serde_yaml::from_str::<Value>(config))
+            .expect("a rendered configuration");
+        let config = &doc.to_string();
+        // Listeners on a socket (an internal listener has no port to wait for).
+        let names: Vec<String> = render::listener_names(&doc)
+            .into_iter()
+            .filter(|name| {
+                doc.pointer("/static_resources/listeners")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|l| {
+                        l["name"].as_str() == Some(name.as_str())
+                            && l.pointer("/address/socket_address").is_some()
+                    })
+            })
+            .collect();
         let options = EnvoyOptions {
             command: envoy_command(),
             concurrency: 1,
