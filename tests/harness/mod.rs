@@ -264,8 +264,11 @@ pub fn template() -> String {
 /// A running Envoy.
 pub struct Envoy {
     pub proc: Proc,
+    /// The first listener's port.
     pub port: u16,
     pub admin_port: u16,
+    /// Every socket listener's port, by listener name.
+    pub listeners: std::collections::BTreeMap<String, u16>,
 }
 
 impl Envoy {
@@ -318,6 +321,7 @@ impl Envoy {
             proc: envoy.proc,
             port,
             admin_port: envoy.admin_port,
+            listeners: envoy.listeners,
         })
     }
 
