@@ -28,7 +28,7 @@ ENVOY ?= $(shell if command -v func-e >/dev/null 2>&1; then echo "func-e run"; \
 	else echo "$(VENV_ENVOY)"; fi)
 export ENVOY
 
-.PHONY: fuzz all build wasm servers envoy wasm-target run test unit e2e lint fmt clippy bench clean \
+.PHONY: soak fuzz all build wasm servers envoy wasm-target run test unit e2e lint fmt clippy bench clean \
 	oci oci-check rules-check
 
 all: build
@@ -132,3 +132,10 @@ fuzz:
 			|| { tail -n 40 target/fuzz-logs/$$t.log; echo "fuzz: $$t FAILED"; exit 1; }; \
 		grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' target/fuzz-logs/$$t.log | tail -n 2; \
 	done; echo "fuzz: every target ran $(FUZZ_SECONDS) s without a crash"
+
+# The soak (stack/src/bin/soak.rs): SOAK_SECONDS of concurrent clients, plain then ES256 answers,
+# every answer checked; its last line is `soak: N requests, M mismatches, U unexpected
+# statuses, V vm failures`, and it fails unless M, U and V are 0.
+SOAK_SECONDS ?= 120
+soak: build envoy
+	target/release/soak --seconds $(SOAK_SECONDS) --wasm $(WASM) --bin-dir target/release
