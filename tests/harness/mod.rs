@@ -123,7 +123,12 @@ pub struct MockAs {
 impl MockAs {
     /// Starts it with `args` (e.g. `--client id:secret:ALG`).
     pub fn start(dir: &Path, args: &[String]) -> MockAs {
-        let s = services::start_mock_as(&bin_dir(), dir, 0, args, false, START_DEADLINE)
+        MockAs::start_on(dir, 0, args)
+    }
+
+    /// Starts it on `port` (0: the OS chooses).
+    pub fn start_on(dir: &Path, port: u16, args: &[String]) -> MockAs {
+        let s = services::start_mock_as(&bin_dir(), dir, port, args, false, START_DEADLINE)
             .unwrap_or_else(|e| panic!("{e}"));
         MockAs {
             proc: s.proc,
@@ -354,6 +359,8 @@ pub struct Stack {
     pub sr: SampleSr,
     pub envoy: Envoy,
     pub client_secret: String,
+    /// The arguments the mock was started with (a restarted one gets them again).
+    auth_args: Vec<String>,
     secrets: Mutex<Vec<String>>,
 }
 
@@ -410,6 +417,7 @@ impl Stack {
         ];
         as_args.extend(options.as_args);
         let auth = MockAs::start(&dir, &as_args);
+        let auth_args = as_args;
         let sr = SampleSr::start(&dir);
         let mut plugin = default_plugin_config(auth.port, &client_secret);
         if let Some(edits) = options.plugin.as_object() {
@@ -443,8 +451,22 @@ impl Stack {
             sr,
             envoy,
             client_secret,
+            auth_args,
             secrets,
         }
+    }
+
+    /// Starts a new mock authorization server on the port of the previous one (stopped first
+    /// if it still runs), with the same clients; Envoy is not touched. Its tokens are new: the
+    /// old server's are gone with it. Its log is in a directory of its own.
+    pub fn restart_auth(&mut self) {
+        self.auth.proc.stop();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = self
+            .dir
+            .join(format!("mock-as-{}", N.fetch_add(1, Ordering::Relaxed)));
+        fs::create_dir_all(&dir).expect("create the new mock's dir");
+        self.auth = MockAs::start_on(&dir, self.auth.port, &self.auth_args);
     }
 
     /// Mints a token at the mock (`spec` as in `/_mock/tokens`) and remembers it as a secret.
