@@ -17,6 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+pub mod h2;
 use stack::render::{self, Params};
 use stack::services::{self, EnvoyOptions};
 
@@ -493,6 +495,12 @@ impl Stack {
     pub fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Response {
         http::request(self.envoy.port, "GET", path, headers, b"")
             .unwrap_or_else(|e| panic!("GET {path} through envoy: {e}"))
+    }
+
+    /// GET through Envoy over HTTP/2 (cleartext, prior knowledge) with these fields.
+    pub fn get_h2(&self, path: &str, headers: &[(&str, &[u8])]) -> Response {
+        h2::get(self.envoy.port, path, headers)
+            .unwrap_or_else(|e| panic!("GET {path} through envoy over HTTP/2: {e}"))
     }
 
     /// The status of `GET /api/users/me` with a token freshly minted for `sub`.
