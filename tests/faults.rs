@@ -94,8 +94,17 @@ fn each_broken_answer_is_a_503_counted_by_cause_and_the_vm_lives_on() {
     assert_eq!(stack.metric("callout.failed"), ANSWER_FAULTS.len() as u64);
 }
 
+/// FILTER BUG (marked): core/src/gate.rs `introspection_answered` calls Envoy's 504 a
+/// timeout only when its own clock says `elapsed >= timeout_ms`, but Envoy arms the callout's
+/// timer from its event loop's cached time (taken before the request was parsed), while the
+/// filter starts its clock after `dispatch` returns: the 504 regularly arrives a few ms short
+/// of `timeout_ms` by the filter's clock (498 ms seen for 500), and is counted, logged and
+/// detailed as the server's `status_5xx`. 4 to 5 in 10 here, so 10 timeouts in a row are
+/// virtually never all counted right. The client's answer is right either way (503, nothing
+/// at the SR).
 #[test]
 fn latency_past_the_timeout_is_a_503_timeout() {
+    const TIMEOUTS: u64 = 10;
     let stack = Stack::with(
         "fault-timeout",
         StackOptions {
@@ -103,34 +112,46 @@ fn latency_past_the_timeout_is_a_503_timeout() {
             ..Default::default()
         },
     );
-    let token = stack.user_token(SUB);
-    // The mock holds its answer until released: only the filter's timeout can end the request.
+    // The mock holds its answers until released: only the filter's timeout can end a request.
     stack.auth.hold();
-    let started = Instant::now();
-    let r = stack.get_with_token("/api/users/me", &token);
-    let waited = started.elapsed();
-    assert_unavailable(&r, "timeout");
-    assert!(
-        waited >= Duration::from_millis(500),
-        "answered after {waited:?}"
-    );
-    assert_eq!(stack.auth.introspections(&token), 1, "the callout was sent");
-    assert_eq!(
-        stack
-            .envoy
-            .stat("cluster.authorization_server.upstream_rq_timeout"),
-        1
-    );
-    // Envoy gave the callout up: its connection closes under the held answer.
-    wait_until("the held request to go", Duration::from_secs(10), || {
+    for n in 1..=TIMEOUTS {
+        let token = stack.user_token(SUB);
+        let started = Instant::now();
+        let r = stack.get_with_token("/api/users/me", &token);
+        let waited = started.elapsed();
+        assert_unavailable(&r, "timeout");
+        assert!(
+            waited >= Duration::from_millis(490),
+            "answered after {waited:?}"
+        );
+        assert_eq!(stack.auth.introspections(&token), 1, "the callout was sent");
+        assert_eq!(
+            stack
+                .envoy
+                .stat("cluster.authorization_server.upstream_rq_timeout"),
+            n
+        );
+    }
+    // Envoy gave the callouts up: their connections close under the held answers.
+    wait_until("the held requests to go", Duration::from_secs(10), || {
         stack.auth.held() == 0
     });
-    assert_eq!(cause_count(&stack, "timeout"), 1);
-    assert_eq!(stack.metric("denied.unavailable"), 1);
+    assert_eq!(stack.metric("denied.unavailable"), TIMEOUTS);
     assert_eq!(stack.upstream_requests(), 0);
-
     stack.auth.release();
     assert_alive(&stack, "timeout");
+
+    let (timeouts, status_5xx) = (
+        cause_count(&stack, "timeout"),
+        cause_count(&stack, "status_5xx"),
+    );
+    assert_eq!(
+        (timeouts, status_5xx),
+        (TIMEOUTS, 0),
+        "FILTER BUG: {status_5xx} of {TIMEOUTS} callout timeouts counted as the server's \
+         status_5xx (Envoy's own 504 delivered a few ms before the filter's clock reaches \
+         timeout_ms; see this test's comment)"
+    );
 }
 
 #[test]
