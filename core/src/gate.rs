@@ -409,6 +409,8 @@ impl Gate {
             &token,
             accept,
         );
+        // Before the dispatch: Envoy's timer starts as soon as it takes the callout.
+        let sent_at = host.now_nanos();
         let token_id = match host.dispatch(&config.target.cluster, &request, config.target.timeout)
         {
             Ok(token_id) => token_id,
@@ -431,7 +433,7 @@ impl Gate {
                 stage: Stage::Introspecting(token_id),
                 request,
                 key,
-                sent_at: host.now_nanos(),
+                sent_at,
             },
         );
         Step::Pause
@@ -648,16 +650,10 @@ impl Gate {
             Ok(now) => now,
             Err(fault) => return self.finish_flight(fingerprint, self.last_now, Err(fault), host),
         };
-        let answer = answer.and_then(|a| {
-            let timeout_ms =
-                u64::try_from(self.config.target.timeout.as_millis()).unwrap_or(u64::MAX);
-            match elapsed_ms {
-                // Envoy answers a callout that timed out with its own 504.
-                Some(ms) if a.status.as_deref() == Some(b"504") && ms >= timeout_ms => {
-                    Err(Fault::Timeout)
-                }
-                _ => Ok(a),
-            }
+        let timeout = self.config.target.timeout;
+        let answer = answer.and_then(|a| match is_timeout(&a, elapsed_ms, timeout) {
+            true => Err(Fault::Timeout),
+            false => Ok(a),
         });
         match answer {
             Ok(answer) => self.judge(fingerprint, answer, now, true, host),
@@ -1041,6 +1037,18 @@ impl Gate {
             _ => {}
         }
     }
+}
+
+/// Whether a callout answer is Envoy's own reply to a callout that timed out: a 504 with its
+/// `upstream request timeout` body, or any 504 once nearly the whole timeout has passed (Envoy's
+/// timer starts a little before the filter's clock reading).
+fn is_timeout(answer: &StoredAnswer, elapsed_ms: Option<u64>, timeout: Duration) -> bool {
+    if answer.status.as_deref() != Some(b"504") {
+        return false;
+    }
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    answer.body == b"upstream request timeout"
+        || elapsed_ms.is_some_and(|ms| ms.saturating_mul(10) >= timeout_ms.saturating_mul(9))
 }
 
 /// The cluster and authority the JWKS is fetched from, if it is fetched.

@@ -405,6 +405,24 @@ fn envoys_504_after_the_timeout_is_a_timeout() {
 }
 
 #[test]
+fn envoys_timeout_reply_is_a_timeout_even_a_little_early_by_the_filters_clock() {
+    // Envoy starts its timer before the filter reads its clock: the 504 may come a few
+    // milliseconds before `timeout_ms` by the filter's count.
+    let mut vm = Vm::new(config(json!({"timeout_ms": 500})));
+    vm.request(1, "tok");
+    vm.host.nanos = 498_000_000;
+    let effects = vm.answer(
+        vm.last_token(),
+        MockAnswer::new(504, "text/plain", "upstream request timeout"),
+    );
+    assert_eq!(details(&effects[0].1), "introspection_unavailable_timeout");
+    vm.request(2, "tok");
+    vm.host.nanos += 460_000_000; // 92 % of the timeout, another body
+    let effects = vm.answer(vm.last_token(), MockAnswer::new(504, "text/plain", "x"));
+    assert_eq!(details(&effects[0].1), "introspection_unavailable_timeout");
+}
+
+#[test]
 fn a_quick_504_from_the_server_is_a_status_fault() {
     let mut vm = Vm::plain();
     vm.request(1, "tok");

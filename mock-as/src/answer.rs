@@ -11,6 +11,10 @@ use serde::Serialize;
 
 /// `Content-Type` of JSON answers.
 pub const JSON: &str = "application/json; charset=utf-8";
+/// `Content-Type` of the `text_html` tamper's answers.
+pub const HTML: &str = "text/html; charset=utf-8";
+/// `Content-Type` of the redirect's body.
+pub const TEXT: &str = "text/plain; charset=utf-8";
 /// `Content-Type` of signed answers.
 pub const JWT: &str = "application/token-introspection+jwt; charset=utf-8";
 /// The media type a client puts in `Accept` to ask for a signed answer.
@@ -131,6 +135,8 @@ pub struct Rendered {
     pub content_type: &'static str,
     /// Body.
     pub body: Vec<u8>,
+    /// More headers (`Location`, `Retry-After`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Rendered {
@@ -140,7 +146,13 @@ impl Rendered {
             status,
             content_type: JSON,
             body,
+            headers: Vec::new(),
         }
+    }
+
+    fn error(status: u16, error: &str, description: &str) -> Self {
+        let body = serde_json::json!({ "error": error, "error_description": description });
+        Self::json(status, body.to_string().into_bytes())
     }
 }
 
@@ -151,14 +163,40 @@ pub fn accepts_jwt(accept: &str) -> bool {
 
 /// The answer of a fault that replaces any answer (`status_500`, `garbage`, `huge`), if
 /// `tamper` is one.
-pub fn fault_answer(tamper: Option<Tamper>) -> Option<Rendered> {
+pub fn fault_answer(tamper: Option<Tamper>, issuer: &str) -> Option<Rendered> {
     match tamper? {
-        Tamper::Status500 => {
-            let body = serde_json::json!({
-                "error": "server_error",
-                "error_description": "oops! something went wrong",
-            });
-            Some(Rendered::json(500, body.to_string().into_bytes()))
+        Tamper::Status400 => Some(Rendered::error(
+            400,
+            "invalid_request",
+            "request body could not be read",
+        )),
+        Tamper::Status401 => Some(Rendered::error(
+            401,
+            "invalid_client",
+            "client authentication failed",
+        )),
+        Tamper::Status500 => Some(Rendered::error(
+            500,
+            "server_error",
+            "oops! something went wrong",
+        )),
+        Tamper::Status503 => {
+            let mut r = Rendered::error(
+                503,
+                "temporarily_unavailable",
+                "the server is overloaded, try again later",
+            );
+            r.headers.push(("retry-after", "5".to_owned()));
+            Some(r)
+        }
+        Tamper::Redirect => {
+            let to = format!("{issuer}/token/introspection/elsewhere");
+            Some(Rendered {
+                status: 302,
+                content_type: TEXT,
+                body: format!("Found. Redirecting to {to}").into_bytes(),
+                headers: vec![("location", to)],
+            })
         }
         Tamper::Garbage => Some(Rendered::json(200, b"not json at all".to_vec())),
         Tamper::Huge => {
@@ -177,7 +215,7 @@ pub fn render(
     tamper: Option<Tamper>,
     ctx: &Context<'_>,
 ) -> Result<Rendered, String> {
-    if let Some(fault) = fault_answer(tamper) {
+    if let Some(fault) = fault_answer(tamper, ctx.issuer) {
         return Ok(fault);
     }
     let mut answer = match active {
@@ -190,16 +228,25 @@ pub fn render(
         answer.email = Some("jeanne@example.gouv.fr");
     }
     let alg = ctx.client.introspection_signed_response_alg;
-    if !ctx.wants_jwt || alg == SigAlg::None || tamper == Some(Tamper::PlainJson) {
+    let rendered = if !ctx.wants_jwt || alg == SigAlg::None || tamper == Some(Tamper::PlainJson) {
         let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
-        return Ok(Rendered::json(200, body));
+        Rendered::json(200, body)
+    } else {
+        let body = signed(&answer, alg, tamper, ctx)?;
+        Rendered {
+            status: 200,
+            content_type: JWT,
+            body: body.into_bytes(),
+            headers: Vec::new(),
+        }
+    };
+    if tamper == Some(Tamper::TextHtml) {
+        return Ok(Rendered {
+            content_type: HTML,
+            ..rendered
+        });
     }
-    let body = signed(&answer, alg, tamper, ctx)?;
-    Ok(Rendered {
-        status: 200,
-        content_type: JWT,
-        body: body.into_bytes(),
-    })
+    Ok(rendered)
 }
 
 /// Builds the compact JWS for `answer`, then applies the signed-answer faults.
@@ -580,6 +627,56 @@ mod tests {
         assert!(r.body.ends_with(b" {}"));
         let r = run("sr:x", false, None, Some(Tamper::ExtraClaims));
         assert_eq!(r.body, br#"{"active":false}"#);
+    }
+
+    #[test]
+    fn error_statuses_and_redirect() {
+        let active = record(TokenKind::Access);
+        for (tamper, status, error) in [
+            (Tamper::Status400, 400, "invalid_request"),
+            (Tamper::Status401, 401, "invalid_client"),
+            (Tamper::Status500, 500, "server_error"),
+            (Tamper::Status503, 503, "temporarily_unavailable"),
+        ] {
+            // The same whether a JWT was asked for or not, as ProConnect's errors.
+            for client in ["sr:x", "sr:x:RS256"] {
+                let r = run(client, true, Some(&active), Some(tamper));
+                assert_eq!((r.status, r.content_type), (status, JSON), "{tamper:?}");
+                let body: Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(body["error"], error);
+                assert!(body["error_description"].is_string());
+            }
+        }
+        let r = run("sr:x", false, Some(&active), Some(Tamper::Status503));
+        assert_eq!(r.headers, vec![("retry-after", "5".to_owned())]);
+
+        let r = run("sr:x", false, Some(&active), Some(Tamper::Redirect));
+        let to = format!("{ISS}/token/introspection/elsewhere");
+        assert_eq!((r.status, r.content_type), (302, TEXT));
+        assert_eq!(r.headers, vec![("location", to.clone())]);
+        assert_eq!(r.body, format!("Found. Redirecting to {to}").into_bytes());
+    }
+
+    #[test]
+    fn text_html_is_the_right_answer_with_the_wrong_media_type() {
+        let active = record(TokenKind::Access);
+        let right = run("sr:x", false, Some(&active), None);
+        let html = run("sr:x", false, Some(&active), Some(Tamper::TextHtml));
+        assert_eq!(html.content_type, HTML);
+        assert_eq!((html.status, &html.body), (right.status, &right.body));
+        let signed = run("sr:x:HS256", true, Some(&active), Some(Tamper::TextHtml));
+        assert_eq!(signed.content_type, HTML);
+        assert_eq!(signed.body.iter().filter(|&&b| b == b'.').count(), 2);
+    }
+
+    #[test]
+    fn wire_tampers_render_the_right_answer() {
+        // What they do to it happens on the connection (routes.rs, wire.rs).
+        let active = record(TokenKind::Access);
+        let right = run("sr:x", false, Some(&active), None);
+        for tamper in [Tamper::Truncated, Tamper::Reset] {
+            assert_eq!(run("sr:x", false, Some(&active), Some(tamper)), right);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod oauthsd;
 mod routes;
 mod store;
 mod util;
+mod wire;
 
 use clap::Parser;
 use clients::{parse_client_arg, parse_clients_json, Client, Clients};
@@ -182,12 +183,15 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let stopping = state.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop_signal().await;
-        // Held answers go, so the shutdown does not wait for a release that will not come.
-        stopping.set_hold(false);
-        let _ = stop_tx.send(true);
-    });
+    // Connections that the `truncated` and `reset` tampers can take over (wire.rs).
+    let service = app.into_make_service_with_connect_info::<wire::Takeover>();
+    let server =
+        axum::serve(wire::WireListener(listener), service).with_graceful_shutdown(async move {
+            stop_signal().await;
+            // Held answers go, so the shutdown does not wait for a release that will not come.
+            stopping.set_hold(false);
+            let _ = stop_tx.send(true);
+        });
     let grace = async move {
         if stop_rx.changed().await.is_err() {
             std::future::pending::<()>().await;

@@ -163,7 +163,7 @@ async fn introspect(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     if let Some(ms) = record.as_ref().and_then(|r| r.delay_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(fault) = fault_answer(record.as_ref().and_then(|r| r.tamper)) {
+    if let Some(fault) = fault_answer(record.as_ref().and_then(|r| r.tamper), &st.issuer) {
         return respond(fault.status, fault.content_type, NO_STORE, fault.body);
     }
     let now = now_secs();

@@ -6,16 +6,17 @@ use crate::clients::{
 };
 use crate::jws::SignatureCache;
 use crate::keys::{KeyPair, KeySet};
-use crate::store::{LastRequest, Store};
+use crate::store::{LastRequest, Store, Tamper};
 use crate::util::now_secs;
+use crate::wire::{self, Ending, Script, Takeover};
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -376,7 +377,12 @@ async fn jwks(State(st): State<Arc<AppState>>) -> Response {
     )
 }
 
-async fn introspect(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn introspect(
+    State(st): State<Arc<AppState>>,
+    connection: Option<Extension<ConnectInfo<Takeover>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     st.introspections.fetch_add(1, Ordering::Relaxed);
     let params = match read_form(&headers, &body, INTROSPECTION_PATH) {
         Ok(params) => params,
@@ -425,10 +431,40 @@ async fn introspect(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
         signatures: Some(&st.signatures),
     };
     let active = record.as_ref().filter(|r| r.is_active(now));
-    match render(active, tamper, &ctx) {
-        Ok(r) => respond(r.status, r.content_type, NO_STORE, r.body),
-        Err(e) => server_error(&e),
+    let rendered = match render(active, tamper, &ctx) {
+        Ok(r) => r,
+        Err(e) => return server_error(&e),
+    };
+    if let Some(tamper) = tamper.filter(|t| t.on_the_wire()) {
+        let Some(Extension(ConnectInfo(connection))) = connection else {
+            return server_error("wire tampers need the mock's own listener");
+        };
+        connection.arm(match tamper {
+            Tamper::Truncated => Script {
+                bytes: wire::truncated_answer(rendered.content_type, &rendered.body),
+                ending: Ending::Close,
+            },
+            _ => Script {
+                bytes: Vec::new(),
+                ending: Ending::Reset,
+            },
+        });
+        // What follows never reaches the wire: the connection sends the script instead.
     }
+    let mut response = respond(
+        rendered.status,
+        rendered.content_type,
+        NO_STORE,
+        rendered.body,
+    );
+    for (name, value) in rendered.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
 }
 
 pub(crate) async fn revoke(
@@ -788,6 +824,101 @@ mod tests {
         let _ = task.await;
         assert_eq!(state.held(), 0);
         assert!(state.holding());
+    }
+
+    /// POSTs `body` to the introspection endpoint on a fresh connection; what was read and
+    /// the error that ended the read.
+    fn raw_introspection(port: u16, body: &str) -> (String, Option<std::io::ErrorKind>) {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "POST {INTROSPECTION_PATH} HTTP/1.1\r\nhost: x\r\n\
+             content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return (String::from_utf8(got).unwrap(), None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (String::from_utf8(got).unwrap(), Some(e.kind())),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wire_tampers_cut_or_reset_the_real_connection() {
+        let app = app();
+        let mut forms = Vec::new();
+        for tamper in ["truncated", "reset"] {
+            let minted = admin(
+                &app,
+                "/_mock/tokens",
+                json!({"sub": "u1", "tamper": tamper}),
+            )
+            .await;
+            let token = minted["token"].as_str().unwrap().to_owned();
+            forms.push((
+                token.clone(),
+                format!("token={}&client_id=sr&client_secret=sec", enc(&token)),
+            ));
+        }
+        // Without the mock's own listener there is no connection to take over: a 500.
+        let (status, _, body) = call(&app, "POST", INTROSPECTION_PATH, &[FORM], &forms[1].1).await;
+        assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let service = app
+            .clone()
+            .into_make_service_with_connect_info::<Takeover>();
+        tokio::spawn(async move { axum::serve(wire::WireListener(listener), service).await });
+        let bodies: Vec<String> = forms.iter().map(|(_, form)| form.clone()).collect();
+        let (cut, reset) = tokio::task::spawn_blocking(move || {
+            (
+                raw_introspection(port, &bodies[0]),
+                raw_introspection(port, &bodies[1]),
+            )
+        })
+        .await
+        .unwrap();
+
+        // Truncated: the headers of a whole answer, half of its body, then the end.
+        let (text, error) = cut;
+        assert_eq!(error, None);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json; charset=utf-8"));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), length / 2);
+        assert!(body.starts_with(r#"{"active":true,"sub":"u1""#), "{body}");
+        assert!(serde_json::from_str::<Value>(body).is_err());
+
+        // Reset: nothing at all, then a RST.
+        assert_eq!(
+            reset,
+            (String::new(), Some(std::io::ErrorKind::ConnectionReset))
+        );
+
+        // Both requests arrived and were counted.
+        for (token, _) in &forms {
+            let count = admin(&app, "/_mock/count", json!({"token": token})).await;
+            assert_eq!(
+                count["introspections"],
+                if token == &forms[1].0 { 2 } else { 1 }
+            );
+        }
     }
 
     #[tokio::test]

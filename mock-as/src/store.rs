@@ -51,9 +51,27 @@ pub enum Tamper {
     PlainJson,
     /// Signed: signed with a throwaway key whose kid is not published.
     UnknownKid,
+    /// Any: 400 `invalid_request`, as a server answers a request it cannot read.
+    #[serde(rename = "status_400")]
+    Status400,
+    /// Any: 401 `invalid_client`, as a server answers when the SR's own credentials are wrong.
+    #[serde(rename = "status_401")]
+    Status401,
     /// Any: 500 with a JSON error body.
     #[serde(rename = "status_500")]
     Status500,
+    /// Any: 503 `temporarily_unavailable`, with `Retry-After`.
+    #[serde(rename = "status_503")]
+    Status503,
+    /// Any: 302 to another URL, no answer.
+    Redirect,
+    /// Any: the right answer (status, body) as `text/html`.
+    TextHtml,
+    /// Any: 200 with the `Content-Length` of the whole answer and only its first half, then
+    /// the connection closes (a body cut mid-JSON).
+    Truncated,
+    /// Any: the connection is reset (RST) once the request is read; no answer at all.
+    Reset,
     /// Any: 200 `application/json` body that is not JSON.
     Garbage,
     /// Any: 200 `application/json` body of 2 MiB of spaces then `{}`.
@@ -66,6 +84,12 @@ impl Tamper {
     /// Whether the fault needs the throwaway keys.
     pub fn needs_throwaway_keys(self) -> bool {
         self == Self::UnknownKid
+    }
+
+    /// Whether the fault is in the connection rather than in the answer (it needs the
+    /// server's own listener, see `wire.rs`).
+    pub fn on_the_wire(self) -> bool {
+        matches!(self, Self::Truncated | Self::Reset)
     }
 }
 
@@ -293,8 +317,20 @@ mod tests {
     fn tamper_names() {
         let t: Tamper = serde_json::from_str("\"hs256_rsa_pubkey\"").unwrap();
         assert_eq!(t, Tamper::Hs256RsaPubkey);
-        let t: Tamper = serde_json::from_str("\"status_500\"").unwrap();
-        assert_eq!(t, Tamper::Status500);
+        for (name, tamper, wire) in [
+            ("status_400", Tamper::Status400, false),
+            ("status_401", Tamper::Status401, false),
+            ("status_500", Tamper::Status500, false),
+            ("status_503", Tamper::Status503, false),
+            ("redirect", Tamper::Redirect, false),
+            ("text_html", Tamper::TextHtml, false),
+            ("truncated", Tamper::Truncated, true),
+            ("reset", Tamper::Reset, true),
+        ] {
+            let t: Tamper = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(t, tamper);
+            assert_eq!(t.on_the_wire(), wire, "{name}");
+        }
         assert!(serde_json::from_str::<Tamper>("\"nope\"").is_err());
     }
 }

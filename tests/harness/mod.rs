@@ -19,6 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+pub mod h2;
 use stack::render::{self, Params};
 use stack::services::{self, EnvoyOptions};
 
@@ -125,7 +127,12 @@ pub struct MockAs {
 impl MockAs {
     /// Starts it with `args` (e.g. `--client id:secret:ALG`).
     pub fn start(dir: &Path, args: &[String]) -> MockAs {
-        let s = services::start_mock_as(&bin_dir(), dir, 0, args, false, START_DEADLINE)
+        MockAs::start_on(dir, 0, args)
+    }
+
+    /// Starts it on `port` (0: the OS chooses).
+    pub fn start_on(dir: &Path, port: u16, args: &[String]) -> MockAs {
+        let s = services::start_mock_as(&bin_dir(), dir, port, args, false, START_DEADLINE)
             .unwrap_or_else(|e| panic!("{e}"));
         MockAs {
             proc: s.proc,
@@ -377,6 +384,8 @@ pub struct Stack {
     pub sr: SampleSr,
     pub envoy: Envoy,
     pub client_secret: String,
+    /// The arguments the mock was started with (a restarted one gets them again).
+    auth_args: Vec<String>,
     secrets: Mutex<Vec<String>>,
 }
 
@@ -433,6 +442,7 @@ impl Stack {
         ];
         as_args.extend(options.as_args);
         let auth = MockAs::start(&dir, &as_args);
+        let auth_args = as_args;
         let sr = SampleSr::start(&dir);
         let mut plugin = default_plugin_config(auth.port, &client_secret);
         if let Some(edits) = options.plugin.as_object() {
@@ -466,8 +476,22 @@ impl Stack {
             sr,
             envoy,
             client_secret,
+            auth_args,
             secrets,
         }
+    }
+
+    /// Starts a new mock authorization server on the port of the previous one (stopped first
+    /// if it still runs), with the same clients; Envoy is not touched. Its tokens are new: the
+    /// old server's are gone with it. Its log is in a directory of its own.
+    pub fn restart_auth(&mut self) {
+        self.auth.proc.stop();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = self
+            .dir
+            .join(format!("mock-as-{}", N.fetch_add(1, Ordering::Relaxed)));
+        fs::create_dir_all(&dir).expect("create the new mock's dir");
+        self.auth = MockAs::start_on(&dir, self.auth.port, &self.auth_args);
     }
 
     /// Mints a token at the mock (`spec` as in `/_mock/tokens`) and remembers it as a secret.
@@ -494,6 +518,12 @@ impl Stack {
     pub fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Response {
         http::request(self.envoy.port, "GET", path, headers, b"")
             .unwrap_or_else(|e| panic!("GET {path} through envoy: {e}"))
+    }
+
+    /// GET through Envoy over HTTP/2 (cleartext, prior knowledge) with these fields.
+    pub fn get_h2(&self, path: &str, headers: &[(&str, &[u8])]) -> Response {
+        h2::get(self.envoy.port, path, headers)
+            .unwrap_or_else(|e| panic!("GET {path} through envoy over HTTP/2: {e}"))
     }
 
     /// The status of `GET /api/users/me` with a token freshly minted for `sub`.
