@@ -27,24 +27,29 @@ pub fn expires_at(
     policy: &CachePolicy,
     expiry_claim: &str,
     claims: &Claims,
+    asked_at: i64,
     now: i64,
 ) -> Option<i64> {
     if !policy.enabled() {
         return None;
     }
+    // Lifetimes count from when the server was asked, not from when its answer arrived: an
+    // answer computed before a revocation and delivered late must not outlive `max_ttl`
+    // counted from the question.
+    let base = asked_at.min(now);
     let until = match claims.get("active") {
         Some(Value::Bool(true)) => match claims.get(expiry_claim) {
             Some(v) => {
                 let exp = unix_seconds(v)?;
-                exp.min(now.saturating_add(policy.max_ttl))
+                exp.min(base.saturating_add(policy.max_ttl))
             }
             None if policy.no_exp_ttl > 0 => {
-                now.saturating_add(policy.no_exp_ttl.min(policy.max_ttl))
+                base.saturating_add(policy.no_exp_ttl.min(policy.max_ttl))
             }
             None => return None,
         },
         Some(Value::Bool(false)) if policy.inactive_ttl > 0 => {
-            now.saturating_add(policy.inactive_ttl)
+            base.saturating_add(policy.inactive_ttl)
         }
         _ => return None,
     };
@@ -235,7 +240,8 @@ pub fn scope_of(config: &Config) -> Vec<u8> {
     scope
 }
 
-const VERSION: u8 = 2;
+// 3: entries keep `client_id` (per-route rules read it).
+const VERSION: u8 = 3;
 const HEADER: usize = 1 + 32 + 8 + 32;
 
 /// A small per-VM front of the shared cache: verified claims kept in the worker's own memory,
@@ -301,7 +307,8 @@ pub fn kept_claims(policy: &Policy, identity: &Identity, claims: &Claims) -> Cla
             kept.insert(name.to_string(), v.clone());
         }
     };
-    for name in ["active", "token_type", "scope", "nbf", "iss"] {
+    // `client_id`: per-route rules accept tokens by the client that obtained them.
+    for name in ["active", "token_type", "scope", "nbf", "iss", "client_id"] {
         keep(name);
     }
     keep(&policy.user_claim);
@@ -338,7 +345,7 @@ mod tests {
 
     /// `expires_at` under policy `p`.
     fn expiry(p: &CachePolicy, c: &Config, claims: &Claims) -> Option<i64> {
-        expires_at(p, &c.policy.expiry_claim, claims, NOW)
+        expires_at(p, &c.policy.expiry_claim, claims, NOW, NOW)
     }
 
     fn claims(v: Value) -> Claims {
@@ -357,6 +364,39 @@ mod tests {
         assert_eq!(expiry(&p, &c, &expired), None);
         let bad_exp = claims(json!({"active": true, "sub": "u", "exp": "x"}));
         assert_eq!(expiry(&p, &c, &bad_exp), None);
+    }
+
+    #[test]
+    fn a_late_answer_lives_from_when_the_server_was_asked() {
+        let c = config();
+        let p = policy(); // max_ttl 300
+        let later = claims(json!({"active": true, "sub": "u", "exp": NOW + 3600}));
+        // Asked 250 s before the answer arrived: 50 s left, not 300.
+        assert_eq!(
+            expires_at(&p, &c.policy.expiry_claim, &later, NOW - 250, NOW),
+            Some(NOW + 50)
+        );
+        assert_eq!(
+            expires_at(&p, &c.policy.expiry_claim, &later, NOW - 300, NOW),
+            None
+        );
+        let inactive = claims(json!({"active": false}));
+        assert_eq!(
+            expires_at(&p, &c.policy.expiry_claim, &inactive, NOW - 10, NOW),
+            None
+        );
+    }
+
+    #[test]
+    fn client_id_is_kept_for_the_rules() {
+        let c = config();
+        let kept = kept_claims(
+            &c.policy,
+            &c.identity,
+            &claims(json!({"active": true, "sub": "u", "client_id": "fs", "email": "e", "x": 1})),
+        );
+        assert_eq!(kept.get("client_id"), Some(&json!("fs")));
+        assert_eq!(kept.get("x"), None);
     }
 
     #[test]
@@ -504,7 +544,7 @@ mod tests {
         assert_eq!(
             Value::Object(kept),
             json!({"active": true, "sub": "u", "exp": 1, "scope": "openid",
-                "token_type": "Bearer", "email": "a@b"})
+                "token_type": "Bearer", "email": "a@b", "client_id": "fs"})
         );
     }
 }

@@ -491,11 +491,19 @@ impl Gate {
 
     /// Stores the claims of a definite decision, if the policy allows, replacing whatever the
     /// slot held. Compare-and-swap, with one retry if another worker wrote the slot in between.
-    fn store<H: Host>(&mut self, key: &CacheKey, claims: &Claims, now: i64, host: &mut H) {
+    fn store<H: Host>(
+        &mut self,
+        key: &CacheKey,
+        claims: &Claims,
+        asked_at: i64,
+        now: i64,
+        host: &mut H,
+    ) {
         let Some(expires_at) = cache::expires_at(
             &self.config.cache,
             &self.config.policy.expiry_claim,
             claims,
+            asked_at,
             now,
         ) else {
             return;
@@ -737,7 +745,12 @@ impl Gate {
                 let config = &self.config;
                 let full = decision::evaluate(&config.policy, &open, &config.identity, claims, now);
                 if full.is_definite() {
-                    self.store(&flight.key, claims, now, host);
+                    // Lifetimes count from the question (the callout's dispatch).
+                    let asked_at = flight
+                        .sent_at
+                        .and_then(|ns| i64::try_from(ns / 1_000_000_000).ok())
+                        .unwrap_or(now);
+                    self.store(&flight.key, claims, asked_at, now, host);
                 }
             }
             Err(_) => host.count(Counter::CalloutFailed),

@@ -1040,3 +1040,30 @@ fn a_bearer_that_is_not_base64_is_400_when_base64_is_required() {
     assert_eq!(step_details(&step), "introspection_malformed_not_base64");
     assert!(vm.host.dispatched.is_empty());
 }
+
+#[test]
+fn a_late_answer_lives_max_ttl_from_when_it_was_asked_for() {
+    let mut vm = Vm::plain(); // max_ttl 60 s
+    vm.request(1, "tok");
+    vm.host.advance(50); // the server took 50 s to answer
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    vm.host.advance(9);
+    assert_eq!(
+        status(&vm.request(2, "tok")),
+        200,
+        "59 s after the question"
+    );
+    vm.host.advance(1);
+    assert_eq!(vm.request(3, "tok"), Step::Pause, "60 s after: asked again");
+}
+
+#[test]
+fn a_client_ids_rule_accepts_its_client_from_the_cache_too() {
+    let mut vm = ruled();
+    request_at(&mut vm, 1, "GET", "/api/admin/x", Some("tok"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "admin", "fs-admin"));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    let step = request_at(&mut vm, 2, "GET", "/api/admin/x", Some("tok"));
+    assert_eq!(status(&step), 200, "{step:?}");
+    assert_eq!(vm.host.dispatched.len(), 1, "a cache hit");
+}
