@@ -1,7 +1,7 @@
-//! REPRODUCERS of filter bugs found while writing the soak and the Istio-loading test. Each is
-//! `#[ignore]`d so that `make test` stays green until the filter (core/, src/) is fixed; run
-//! them with `cargo test -p e2e --test filter_findings -- --ignored`. Remove the `ignore` with
-//! the fix.
+//! FILTER BUG reproducers: filter bugs found while writing the soak and the Istio-loading
+//! test. Each is `#[ignore]`d so that `make test` stays green until the filter (core/, src/) is
+//! fixed; run them with `cargo test -p e2e --test filter_findings -- --ignored`. Remove the
+//! `ignore` with the fix.
 
 use e2e::{ResponseExt, Stack, StackOptions};
 use serde_json::json;
@@ -15,7 +15,7 @@ const SUB: &str = "7396c91e-b9f2-4f9d-8547-5e9b3332725b";
 /// served from the cache after it is refused (401 `invalid_token`, as for another client's
 /// token). Fails closed, but breaks the rule for every cached token.
 #[test]
-#[ignore = "REPRODUCER of a filter bug: client_ids rules refuse cache hits (client_id not kept)"]
+#[ignore = "FILTER BUG (reproducer): client_ids rules refuse cache hits (client_id not kept)"]
 fn a_client_ids_rule_accepts_the_same_token_from_the_cache() {
     let stack = Stack::with(
         "finding-client-ids",
@@ -56,7 +56,7 @@ fn a_client_ids_rule_accepts_the_same_token_from_the_cache() {
 /// shows up to `max_ttl_secs` + `timeout_ms` after the server acknowledged it. Counting the
 /// life from the callout's dispatch (the flight's `sent_at`) would keep the documented bound.
 #[test]
-#[ignore = "REPRODUCER of a filter bug: a late answer makes a revoked token pass longer than max_ttl_secs"]
+#[ignore = "FILTER BUG (reproducer): a late answer makes a revoked token pass longer than max_ttl_secs"]
 fn a_revocation_shows_within_max_ttl_even_after_a_late_answer() {
     use std::time::{Duration, Instant};
     let stack = Stack::with(
