@@ -133,9 +133,9 @@ fuzz:
 		grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' target/fuzz-logs/$$t.log | tail -n 2; \
 	done; echo "fuzz: every target ran $(FUZZ_SECONDS) s without a crash"
 
-# The soak (stack/src/bin/soak.rs): SOAK_SECONDS of concurrent clients, plain then ES256 answers,
-# every answer checked; its last line is `soak: N requests, M mismatches, U unexpected
-# statuses, V vm failures`, and it fails unless M, U and V are 0.
+# The soak (stack/src/bin/soak/, README "Soak"): SOAK_SECONDS of concurrent clients, plain then
+# ES256 answers, every answer checked; its last line is `soak: N requests, M mismatches,
+# U unexpected statuses, V vm failures`, and it fails unless M, U and V are 0.
 SOAK_SECONDS ?= 120
 soak: build envoy
 	target/release/soak --seconds $(SOAK_SECONDS) --wasm $(WASM) --bin-dir target/release

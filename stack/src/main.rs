@@ -264,30 +264,6 @@ fn render_command(args: &RenderArgs) -> Result<(), String> {
     }
 }
 
-extern "C" fn on_signal(_signal: libc::c_int) {
-    proc::interrupt();
-}
-
-fn install_signal_handlers() -> Result<(), String> {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic; the struct is fully initialised.
-        let failed = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut()) != 0
-        };
-        if failed {
-            return Err(format!(
-                "cannot handle signal {signal}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Everything started, stopped in reverse order of start when dropped.
 #[derive(Default)]
 struct Running {
@@ -381,7 +357,7 @@ fn brief(error: String) -> String {
 }
 
 fn up(args: &UpArgs) -> Result<(), String> {
-    install_signal_handlers()?;
+    proc::install_signal_handlers()?;
     let wants = |c: Component| args.components.contains(&c);
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),

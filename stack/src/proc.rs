@@ -25,6 +25,32 @@ pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+extern "C" fn on_signal(_signal: libc::c_int) {
+    interrupt();
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP call [`interrupt`], so that every [`wait_for`] gives up and
+/// the program can stop its children itself (`stack up`, `soak`).
+pub fn install_signal_handlers() -> Result<(), String> {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic; the struct is fully initialised.
+        let failed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut()) != 0
+        };
+        if failed {
+            return Err(format!(
+                "cannot handle signal {signal}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether [`interrupt`] was called.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
