@@ -93,9 +93,8 @@ impl Kind {
 
 /// What the filter must answer for a request of `kind` that left at `start` and was answered
 /// at `end`. `window` is how long after a revocation was acknowledged an earlier active answer
-/// may still be served from the cache (the cache's `max_ttl_secs`, plus the time an answer
-/// computed just before the revocation takes to be stored, plus the store's whole-second
-/// rounding).
+/// may still be served from the cache (the cache's `max_ttl_secs`, counted by the filter from
+/// when it asked, which was before the acknowledgement; plus a slack for clock readings).
 pub fn expect(kind: Kind, start: u64, end: u64, window: u64) -> Expect {
     match kind {
         Kind::Valid => Expect::Pass,
