@@ -14,7 +14,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::deploy::{fill_template, production_vars};
 use e2e::{assert_denied, fresh_secret, Envoy, MockAs, ResponseExt, SampleSr, CLIENT_ID};
@@ -220,21 +220,21 @@ impl Production {
 
     /// Waits (bounded) for Envoy's stdout access log to contain a line with all of `needles`.
     fn log_line_with(&self, needles: &[&str]) -> Json {
-        let start = Instant::now();
-        loop {
+        let found = stack::proc::wait_for(Duration::from_secs(20), || {
             let log = self.envoy.proc.log_text();
-            if let Some(line) = log
+            let line = log
                 .lines()
-                .find(|l| l.starts_with('{') && needles.iter().all(|n| l.contains(n)))
-            {
-                return serde_json::from_str(line).expect("access log line is JSON");
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no access log line with {needles:?}:\n{log}"
+                .find(|l| l.starts_with('{') && needles.iter().all(|n| l.contains(n)))?
+                .to_string();
+            Some(line)
+        });
+        let Some(line) = found else {
+            panic!(
+                "no access log line with {needles:?}:\n{}",
+                self.envoy.proc.log_text()
             );
-            thread::sleep(Duration::from_millis(100));
-        }
+        };
+        serde_json::from_str(&line).expect("access log line is JSON")
     }
 }
 
