@@ -49,6 +49,8 @@ extern "C" {
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
     fn proxy_get_property(path_p: *const u8, path_n: usize, out_p: *mut *mut u8,
         out_n: *mut usize) -> Status;
+    fn proxy_call_foreign_function(name_p: *const u8, name_n: usize, args_p: *const u8,
+        args_n: usize, out_p: *mut *mut u8, out_n: *mut usize) -> Status;
 }
 
 /// Takes ownership of memory the host allocated through the SDK's `proxy_on_memory_allocate`
@@ -339,5 +341,23 @@ impl Host for Envoy {
         let millis = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
         // SAFETY: no pointers.
         unsafe { ok(proxy_set_tick_period_milliseconds(millis)) }.map_err(host_error)
+    }
+
+    fn call_foreign(&self, function: &str, arguments: &[u8]) -> Result<Vec<u8>, HostError> {
+        let (mut data, mut size) = (null_mut(), 0);
+        // SAFETY: the slices outlive the call; out-pointers are valid locals; the host fills
+        // them with an allocation of ours (or leaves them null for an empty result).
+        unsafe {
+            ok(proxy_call_foreign_function(
+                function.as_ptr(),
+                function.len(),
+                arguments.as_ptr(),
+                arguments.len(),
+                &mut data,
+                &mut size,
+            ))
+            .map_err(host_error)?;
+            Ok(owned(data, size))
+        }
     }
 }

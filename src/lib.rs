@@ -91,7 +91,7 @@ impl RootContext for Root {
         };
         vm.host.define_all();
         if let Err(e) = vm.gate.start(&mut vm.host) {
-            error!("cannot set the tick period: {e}");
+            error!("{e}");
             return false;
         }
         self.vm = Some(Rc::new(RefCell::new(vm)));

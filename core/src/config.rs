@@ -123,6 +123,8 @@ struct RawConfig {
     #[serde(default)]
     iat_max_age_secs: Option<u64>,
     #[serde(default)]
+    signature_check: Option<String>,
+    #[serde(default)]
     cache: Option<RawCache>,
     #[serde(default)]
     rules: Vec<RawRule>,
@@ -377,10 +379,23 @@ pub enum KeySource {
     },
 }
 
+/// Who checks RS256 and ES256 signatures (`signature_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// The proxy's crypto if it passes the known-answer test at configuration, else the module.
+    Auto,
+    /// The proxy's crypto, or the configuration is refused.
+    Envoy,
+    /// The module's own (RSA and P-256 compiled to wasm).
+    Wasm,
+}
+
 /// Settings of the signed mode.
 #[derive(Debug, Clone)]
 pub struct Signed {
     pub alg: SigningAlg,
+    /// RS256 and ES256 only; HS256 is always checked in the module.
+    pub check: SignatureCheck,
     pub keys: KeySource,
     pub refresh: Duration,
     pub refetch_interval: Duration,
@@ -676,6 +691,25 @@ impl Signed {
         let key_fields = raw.key_settings();
         let fetch_fields = raw.fetch_settings();
         let iat_fields = raw.iat_settings();
+        let check = match raw.signature_check.as_deref() {
+            None | Some("auto") => SignatureCheck::Auto,
+            Some("envoy") => SignatureCheck::Envoy,
+            Some("wasm") => SignatureCheck::Wasm,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "signature_check",
+                    "must be `auto`, `envoy` or `wasm`",
+                ))
+            }
+        };
+        if raw.signature_check.is_some()
+            && !matches!(raw.signed_response_alg.as_deref(), Some("RS256" | "ES256"))
+        {
+            return Err(ConfigError::new(
+                "signature_check",
+                "only applies with `signed_response_alg` RS256 or ES256 (HS256 is checked in the module)",
+            ));
+        }
         let alg = match raw.signed_response_alg.as_deref() {
             None | Some("none") => {
                 refuse_any(
@@ -738,6 +772,7 @@ impl Signed {
         )?;
         Ok(Some(Signed {
             alg,
+            check,
             keys,
             refresh: Duration::from_secs(refresh),
             refetch_interval: Duration::from_secs(refetch),

@@ -172,7 +172,7 @@ impl Fault {
     }
 
     /// Every code, for defining the counters up front.
-    pub const CODES: [&'static str; 37] = [
+    pub const CODES: [&'static str; 38] = [
         "callout_failed",
         "timeout",
         "dispatch_failed",
@@ -201,6 +201,7 @@ impl Fault {
         "jwt_crit",
         "jwt_exp",
         "jwt_nbf",
+        "jwt_native_check",
         "no_keys",
         "not_configured",
         "bad_active",

@@ -24,18 +24,20 @@ use log::{debug, info, warn};
 use crate::bearer::{self, Credentials};
 use crate::cache::{self, CacheKey, CacheKeys, LocalCache};
 use crate::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
-use crate::config::{Config, KeySource};
+use crate::config::{Config, KeySource, SignatureCheck};
 use crate::decision::{self, Claims, Decision, Denial};
 use crate::discovery::{self, Endpoints};
 use crate::fault::{Fault, HostError};
 use crate::floodlog::{loggable_request_id, FloodLog};
+use crate::foreign::HostVerifier;
 use crate::headers::decode_pairs;
 use crate::host::{Counter, Histogram, Host};
-use crate::jwt::{KeySet, VerifyError};
+use crate::jwt::{Crypto, KeySet, SigningAlg, VerifyError};
 use crate::reply::{self, LocalReply};
 use crate::response::{self, AnswerError, StoredAnswer};
 use crate::rules::{self, Access, Facts, Requirements};
 use crate::schedule::FetchSchedule;
+use crate::selftest::{self, SelfTestFailure};
 
 /// The VM's regular tick when it fetches documents.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -170,6 +172,29 @@ pub struct Gate {
     flights: HashMap<[u8; 32], Flight>,
     callouts: HashMap<u32, Purpose>,
     flood: FloodLog,
+    /// RS256/ES256 signatures are checked by the proxy (chosen in [`Gate::start`]).
+    native: bool,
+}
+
+/// Why a VM cannot start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// The tick period could not be set.
+    Tick(HostError),
+    /// `signature_check` is `envoy` but the proxy's check failed its known-answer test.
+    NoNativeCrypto(SelfTestFailure),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Tick(e) => write!(f, "cannot set the tick period: {e}"),
+            StartError::NoNativeCrypto(failure) => write!(
+                f,
+                "signature_check is `envoy` but the proxy's signature check is unusable: {failure}"
+            ),
+        }
+    }
 }
 
 impl Gate {
@@ -202,6 +227,7 @@ impl Gate {
             flights: HashMap::new(),
             callouts: HashMap::new(),
             flood: FloodLog::default(),
+            native: false,
         }
     }
 
@@ -209,11 +235,48 @@ impl Gate {
         &self.config
     }
 
-    /// Sets the tick and sends the first fetches. Called from the VM's own context.
-    pub fn start<H: Host>(&mut self, host: &mut H) -> Result<(), HostError> {
-        host.set_tick_period(self.base_tick())?;
+    /// Chooses who checks signatures, sets the tick and sends the first fetches. Called from
+    /// the VM's own context, at configuration.
+    pub fn start<H: Host>(&mut self, host: &mut H) -> Result<(), StartError> {
+        self.native = self.choose_crypto(host)?;
+        host.set_tick_period(self.base_tick())
+            .map_err(StartError::Tick)?;
         self.maintain(host);
         Ok(())
+    }
+
+    /// Whether RS256/ES256 signatures are checked by the proxy: only if it passes the
+    /// known-answer test ([`selftest`]) and the configuration allows it. Logged once per VM.
+    fn choose_crypto<H: Host>(&self, host: &H) -> Result<bool, StartError> {
+        let Some(signed) = &self.config.signed else {
+            return Ok(false);
+        };
+        let alg = signed.alg.name();
+        match (signed.alg, signed.check) {
+            (SigningAlg::HS256, _) => Ok(false),
+            (_, SignatureCheck::Wasm) => {
+                info!("{alg} signatures checked in the module (signature_check `wasm`)");
+                Ok(false)
+            }
+            (_, check) => match selftest::run(signed.alg, Crypto::Native(&HostVerifier(host))) {
+                Ok(()) => {
+                    info!("{alg} signatures checked by the proxy (verify_signature): known-answer test passed");
+                    Ok(true)
+                }
+                Err(failure) if check == SignatureCheck::Envoy => {
+                    Err(StartError::NoNativeCrypto(failure))
+                }
+                Err(failure) => {
+                    info!("{alg} signatures checked in the module: the proxy's check is not used ({failure})");
+                    Ok(false)
+                }
+            },
+        }
+    }
+
+    /// Who checks RS256 and ES256 signatures in this VM.
+    pub fn native_crypto(&self) -> bool {
+        self.native
     }
 
     /// Whether the request was let through (its body and trailers may flow).
@@ -679,12 +742,19 @@ impl Gate {
         host: &mut H,
     ) -> Effects {
         let started = host.now_nanos();
+        let verifier = HostVerifier(&*host);
+        let crypto = if self.native {
+            Crypto::Native(&verifier)
+        } else {
+            Crypto::Wasm
+        };
         let verified = match &self.endpoints {
             None => Err(AnswerError::Fault(Fault::NotConfigured)),
             Some(endpoints) => response::verified_claims(
                 &self.config,
                 endpoints,
                 self.keys.as_deref(),
+                crypto,
                 &answer.view(),
                 now,
             ),
@@ -692,7 +762,11 @@ impl Gate {
         if let (Some(signed), Some(t0), Some(t1)) = (&self.config.signed, started, host.now_nanos())
         {
             let micros = t1.saturating_sub(t0) / 1000;
-            debug!("{} answer checked in {micros} us", signed.alg.name());
+            let by = match crypto {
+                Crypto::Native(_) => "proxy",
+                Crypto::Wasm => "wasm",
+            };
+            debug!("{} answer checked in {micros} us ({by})", signed.alg.name());
         }
         match verified {
             Ok(claims) => self.finish_flight(fingerprint, now, Ok(claims), host),

@@ -126,4 +126,9 @@ pub trait Host {
 
     /// Ticks of this VM's root every `period` (zero: none).
     fn set_tick_period(&mut self, period: Duration) -> Result<(), HostError>;
+
+    /// Calls a function the proxy registers for modules (`proxy_call_foreign_function`), such
+    /// as Envoy's `verify_signature` ([`crate::foreign`]). A missing function is
+    /// `HostError::Status(1)` (NotFound).
+    fn call_foreign(&self, function: &str, arguments: &[u8]) -> Result<Vec<u8>, HostError>;
 }

@@ -5,14 +5,20 @@
 //! value or any part of the token never ends up in a log.
 
 use base64::Engine as _;
+use std::borrow::Cow;
+
 use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa, RsaPublicKey, StrongKey};
-use jwt_compact::{AlgorithmExt, Claims as JwtClaims, UntrustedToken, ValidationError};
+use jwt_compact::{
+    Algorithm, AlgorithmExt, AlgorithmSignature, Claims as JwtClaims, UntrustedToken,
+    ValidationError,
+};
 use p256::ecdsa::VerifyingKey as EcKey;
 use rsa::BigUint;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::claims::Claims;
+use crate::der;
 use crate::json::{self, JsonError};
 
 /// The algorithm the SR registered with ProConnect (`introspection_signed_response_alg`).
@@ -59,11 +65,30 @@ struct Jwk {
     y: Option<String>,
 }
 
+/// One public key of a JWKS: parsed for the checks done in the module, and as the DER
+/// `SubjectPublicKeyInfo` the proxy's own crypto reads, both built once per JWKS.
+#[derive(Clone)]
+struct Entry<K> {
+    kid: Option<String>,
+    key: K,
+    spki: Spki,
+}
+
+/// A DER `SubjectPublicKeyInfo` (RFC 5280 §4.1.2.7).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Spki(Vec<u8>);
+
+impl Spki {
+    pub fn der(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Public keys parsed once from a JWKS, kept by type.
 #[derive(Default, Clone)]
 pub struct KeySet {
-    rsa: Vec<(Option<String>, RsaPublicKey)>,
-    ec: Vec<(Option<String>, EcKey)>,
+    rsa: Vec<Entry<RsaPublicKey>>,
+    ec: Vec<Entry<EcKey>>,
     /// Keys that were skipped (unsupported type, curve, size or use): for logs.
     pub skipped: usize,
 }
@@ -73,11 +98,11 @@ impl std::fmt::Debug for KeySet {
         f.debug_struct("KeySet")
             .field(
                 "rsa_kids",
-                &self.rsa.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                &self.rsa.iter().map(|e| &e.kid).collect::<Vec<_>>(),
             )
             .field(
                 "ec_kids",
-                &self.ec.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                &self.ec.iter().map(|e| &e.kid).collect::<Vec<_>>(),
             )
             .field("skipped", &self.skipped)
             .finish()
@@ -118,24 +143,35 @@ impl KeySet {
                 if alg.is_some_and(|a| a != "RS256") {
                     return None;
                 }
-                let n = BigUint::from_bytes_be(&member(&jwk.n)?);
-                let e = BigUint::from_bytes_be(&member(&jwk.e)?);
-                let public = RsaPublicKey::new(n, e).ok()?;
+                let (n, e) = (member(&jwk.n)?, member(&jwk.e)?);
+                let public =
+                    RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
+                        .ok()?;
                 // At least 2048 bits (RFC 7518 §3.3).
                 let strong = StrongKey::try_from(public).ok()?;
-                self.rsa.push((jwk.kid, strong.into_inner()));
+                self.rsa.push(Entry {
+                    kid: jwk.kid,
+                    key: strong.into_inner(),
+                    spki: Spki(der::rsa_spki(&n, &e)),
+                });
             }
             "EC" => {
                 if jwk.crv.as_deref() != Some("P-256") || alg.is_some_and(|a| a != "ES256") {
                     return None;
                 }
+                let (x, y) = (fixed_32(&member(&jwk.x)?)?, fixed_32(&member(&jwk.y)?)?);
                 let point = p256::EncodedPoint::from_affine_coordinates(
-                    &p256::FieldBytes::from(fixed_32(&member(&jwk.x)?)?),
-                    &p256::FieldBytes::from(fixed_32(&member(&jwk.y)?)?),
+                    &p256::FieldBytes::from(x),
+                    &p256::FieldBytes::from(y),
                     false,
                 );
+                // On the curve: checked here for both ways of verifying.
                 let key = EcKey::from_encoded_point(&point).ok()?;
-                self.ec.push((jwk.kid, key));
+                self.ec.push(Entry {
+                    kid: jwk.kid,
+                    key,
+                    spki: Spki(der::p256_spki(&x, &y)),
+                });
             }
             _ => return None,
         }
@@ -160,15 +196,14 @@ impl KeySet {
 
     /// The key for `kid`: the one with that kid, or, for a token without kid (or a key set
     /// without kids), the only key of the type.
-    fn select<'a, K>(keys: &'a [(Option<String>, K)], kid: Option<&str>) -> Option<&'a K> {
+    fn select<'a, K>(keys: &'a [Entry<K>], kid: Option<&str>) -> Option<&'a Entry<K>> {
         if let Some(kid) = kid {
-            if let Some((_, k)) = keys.iter().find(|(k, _)| k.as_deref() == Some(kid)) {
-                return Some(k);
+            if let Some(entry) = keys.iter().find(|e| e.kid.as_deref() == Some(kid)) {
+                return Some(entry);
             }
         }
         match keys {
-            [(None, only)] => Some(only),
-            [(Some(_), only)] if kid.is_none() => Some(only),
+            [only] if only.kid.is_none() || kid.is_none() => Some(only),
             _ => None,
         }
     }
@@ -222,6 +257,8 @@ pub enum VerifyError {
     Expired,
     /// The JWT's own `nbf` is ahead.
     NotYetValid,
+    /// The proxy could not check the signature (its `verify_signature` failed).
+    NativeCheck,
 }
 
 impl VerifyError {
@@ -245,6 +282,7 @@ impl VerifyError {
             VerifyError::Crit => "jwt_crit",
             VerifyError::Expired => "jwt_exp",
             VerifyError::NotYetValid => "jwt_nbf",
+            VerifyError::NativeCheck => "jwt_native_check",
         }
     }
 
@@ -270,6 +308,7 @@ impl VerifyError {
             VerifyError::Crit => "JWS has a critical header parameter this verifier ignores",
             VerifyError::Expired => "JWS exp is past",
             VerifyError::NotYetValid => "JWS nbf is ahead",
+            VerifyError::NativeCheck => "the proxy could not check the JWS signature",
         }
     }
 }
@@ -282,15 +321,124 @@ struct Payload {
 }
 
 /// The key material for one verification.
+#[derive(Clone, Copy)]
 pub enum Keys<'a> {
     Jwks(&'a KeySet),
     Secret(&'a [u8]),
+}
+
+/// Why the proxy could not check a signature (not: the signature is wrong).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeFailure {
+    /// The proxy has no such function.
+    Missing,
+    /// The proxy refused the arguments.
+    Refused,
+    /// The proxy's answer could not be read.
+    Unreadable,
+    /// Any other status of the host call.
+    Status(u32),
+}
+
+impl std::fmt::Display for NativeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NativeFailure::Missing => f.write_str("the proxy has no `verify_signature` function"),
+            NativeFailure::Refused => f.write_str("the proxy refused the arguments"),
+            NativeFailure::Unreadable => f.write_str("the proxy's answer is unreadable"),
+            NativeFailure::Status(s) => write!(f, "host status {s}"),
+        }
+    }
+}
+
+/// An RSA (PKCS#1 v1.5) or ECDSA signature check over SHA-256 done by the proxy, outside the
+/// module: Envoy's BoringSSL, through its `verify_signature` foreign function.
+pub trait NativeVerifier {
+    /// Whether `signature` over `text` verifies with the key `spki`: `Ok(true)` only for a valid
+    /// signature. `signature` is the PKCS#1 v1.5 signature for RSA, the DER `ECDSA-Sig-Value`
+    /// for ECDSA. The proxy must not be trusted to match the key's type to the algorithm: the
+    /// caller does.
+    fn verify_sha256(
+        &self,
+        spki: &Spki,
+        signature: &[u8],
+        text: &[u8],
+    ) -> Result<bool, NativeFailure>;
+}
+
+/// Who checks RS256 and ES256 signatures: the module itself (RSA and P-256 arithmetic compiled
+/// to wasm), or the proxy. HS256 is always checked in the module.
+#[derive(Clone, Copy)]
+pub enum Crypto<'a> {
+    Wasm,
+    Native(&'a dyn NativeVerifier),
+}
+
+/// A jwt-compact algorithm whose signature check is the proxy's: jwt-compact still parses the
+/// token and enforces the algorithm's name.
+struct Native<'a> {
+    alg: SigningAlg,
+    verifier: &'a dyn NativeVerifier,
+    /// Set when the proxy could not check (so a refusal is not mistaken for a bad signature).
+    failure: std::cell::Cell<Option<NativeFailure>>,
+}
+
+/// A signature as it appears in the JWS: jwt-compact checks nothing of it but its presence.
+struct JwsSignature(Vec<u8>);
+
+impl AlgorithmSignature for JwsSignature {
+    fn try_from_slice(slice: &[u8]) -> anyhow::Result<Self> {
+        Ok(JwsSignature(slice.to_vec()))
+    }
+
+    fn as_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.0)
+    }
+}
+
+impl Algorithm for Native<'_> {
+    /// Verification only.
+    type SigningKey = std::convert::Infallible;
+    type VerifyingKey = Spki;
+    type Signature = JwsSignature;
+
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(self.alg.name())
+    }
+
+    fn sign(&self, never: &Self::SigningKey, _message: &[u8]) -> JwsSignature {
+        match *never {}
+    }
+
+    fn verify_signature(&self, signature: &JwsSignature, key: &Spki, message: &[u8]) -> bool {
+        let der;
+        let signature = match self.alg {
+            SigningAlg::RS256 => signature.0.as_slice(),
+            // r‖s (RFC 7518 §3.4), exactly 64 bytes, as the DER BoringSSL reads.
+            SigningAlg::ES256 => match der::ecdsa_signature(&signature.0) {
+                Some(bytes) => {
+                    der = bytes;
+                    der.as_slice()
+                }
+                None => return false,
+            },
+            SigningAlg::HS256 => return false,
+        };
+        match self.verifier.verify_sha256(key, signature, message) {
+            Ok(valid) => valid,
+            Err(failure) => {
+                self.failure.set(Some(failure));
+                false
+            }
+        }
+    }
 }
 
 /// Verifies a signed introspection answer and returns its `token_introspection` object.
 pub fn verify(
     jws: &[u8],
     keys: Keys<'_>,
+    crypto: Crypto<'_>,
     expect: &Expectations<'_>,
 ) -> Result<Claims, VerifyError> {
     let text = std::str::from_utf8(jws).map_err(|_| VerifyError::Format)?;
@@ -304,27 +452,10 @@ pub fn verify(
         Some(t) if is_introspection_typ(t) => {}
         _ => return Err(VerifyError::Typ),
     }
-    let kid = token.header().key_id.as_deref();
-    let checked = match (expect.alg, keys) {
-        (SigningAlg::RS256, Keys::Jwks(set)) => {
-            let key = KeySet::select(&set.rsa, kid).ok_or(VerifyError::UnknownKey)?;
-            Rsa::rs256().validator::<Payload>(key).validate(&token)
-        }
-        (SigningAlg::ES256, Keys::Jwks(set)) => {
-            let key = KeySet::select(&set.ec, kid).ok_or(VerifyError::UnknownKey)?;
-            Es256.validator::<Payload>(key).validate(&token)
-        }
-        (SigningAlg::HS256, Keys::Secret(secret)) => {
-            let key = Hs256Key::new(secret);
-            Hs256.validator::<Payload>(&key).validate(&token)
-        }
-        _ => return Err(VerifyError::NoKeyMaterial),
-    };
+    let checked = validate::<Payload>(expect.alg, keys, crypto, &token)?;
     let claims: JwtClaims<Payload> = match checked {
         Ok(token) => token.into_parts().1,
-        Err(ValidationError::InvalidSignature)
-        | Err(ValidationError::InvalidSignatureLen { .. })
-        | Err(ValidationError::MalformedSignature(_)) => return Err(VerifyError::Signature),
+        Err(e) if is_signature_error(&e) => return Err(VerifyError::Signature),
         Err(ValidationError::AlgorithmMismatch { .. }) => return Err(VerifyError::Alg),
         Err(_) => return Err(VerifyError::Payload),
     };
@@ -367,6 +498,87 @@ pub fn verify(
     }
 }
 
+/// jwt-compact's validation of the token's signature with the key its `kid` selects, checked by
+/// `crypto`. The key's type follows from the algorithm: RSA keys for RS256, P-256 keys for ES256.
+fn validate<T: serde::de::DeserializeOwned>(
+    alg: SigningAlg,
+    keys: Keys<'_>,
+    crypto: Crypto<'_>,
+    token: &UntrustedToken<'_>,
+) -> Result<Result<jwt_compact::Token<T>, ValidationError>, VerifyError> {
+    let kid = token.header().key_id.as_deref();
+    Ok(match (alg, keys, crypto) {
+        (SigningAlg::RS256, Keys::Jwks(set), Crypto::Native(verifier)) => {
+            let entry = KeySet::select(&set.rsa, kid).ok_or(VerifyError::UnknownKey)?;
+            native::<T>(alg, verifier, &entry.spki, token)?
+        }
+        (SigningAlg::ES256, Keys::Jwks(set), Crypto::Native(verifier)) => {
+            let entry = KeySet::select(&set.ec, kid).ok_or(VerifyError::UnknownKey)?;
+            native::<T>(alg, verifier, &entry.spki, token)?
+        }
+        (SigningAlg::RS256, Keys::Jwks(set), Crypto::Wasm) => {
+            let entry = KeySet::select(&set.rsa, kid).ok_or(VerifyError::UnknownKey)?;
+            Rsa::rs256().validator::<T>(&entry.key).validate(token)
+        }
+        (SigningAlg::ES256, Keys::Jwks(set), Crypto::Wasm) => {
+            let entry = KeySet::select(&set.ec, kid).ok_or(VerifyError::UnknownKey)?;
+            Es256.validator::<T>(&entry.key).validate(token)
+        }
+        (SigningAlg::HS256, Keys::Secret(secret), _) => {
+            let key = Hs256Key::new(secret);
+            Hs256.validator::<T>(&key).validate(token)
+        }
+        _ => return Err(VerifyError::NoKeyMaterial),
+    })
+}
+
+/// Whether the signature of a compact JWS verifies with the set's key for `alg`, checked by
+/// `crypto`; nothing else is looked at. `Ok(false)`: a wrong signature. For known-answer tests
+/// of a way of checking.
+pub fn signature_verifies(
+    jws: &str,
+    keys: Keys<'_>,
+    alg: SigningAlg,
+    crypto: Crypto<'_>,
+) -> Result<bool, VerifyError> {
+    let token = UntrustedToken::new(jws).map_err(|_| VerifyError::Format)?;
+    match validate::<Value>(alg, keys, crypto, &token)? {
+        Ok(_) => Ok(true),
+        Err(e) if is_signature_error(&e) => Ok(false),
+        Err(ValidationError::AlgorithmMismatch { .. }) => Err(VerifyError::Alg),
+        Err(_) => Err(VerifyError::Payload),
+    }
+}
+
+fn is_signature_error(e: &ValidationError) -> bool {
+    matches!(
+        e,
+        ValidationError::InvalidSignature
+            | ValidationError::InvalidSignatureLen { .. }
+            | ValidationError::MalformedSignature(_)
+    )
+}
+
+/// jwt-compact's validation with the proxy checking the signature; a check the proxy could not
+/// make is its own error, not a bad signature.
+fn native<T: serde::de::DeserializeOwned>(
+    alg: SigningAlg,
+    verifier: &dyn NativeVerifier,
+    spki: &Spki,
+    token: &UntrustedToken<'_>,
+) -> Result<Result<jwt_compact::Token<T>, ValidationError>, VerifyError> {
+    let algorithm = Native {
+        alg,
+        verifier,
+        failure: std::cell::Cell::new(None),
+    };
+    let checked = algorithm.validator::<T>(spki).validate(token);
+    match algorithm.failure.get() {
+        Some(_) => Err(VerifyError::NativeCheck),
+        None => Ok(checked),
+    }
+}
+
 /// What jwt-compact does not look at in the header and payload: a `crit` header parameter (RFC
 /// 7515 §4.1.11: this verifier understands no extension, so any is refused) and duplicated
 /// members (parsers disagree on which one counts).
@@ -399,6 +611,10 @@ fn is_introspection_typ(typ: &str) -> bool {
     let bare = lower.strip_prefix("application/").unwrap_or(&lower);
     bare == "token-introspection+jwt"
 }
+
+#[cfg(test)]
+#[path = "../tests/support/envoy_crypto.rs"]
+mod envoy_crypto;
 
 #[cfg(test)]
 mod tests {
@@ -463,7 +679,7 @@ mod tests {
         let mut jwk = v["rfc7515_a3_ec_private"].clone();
         jwk.as_object_mut().unwrap().remove("d");
         let set = KeySet::from_jwks(json!({ "keys": [jwk] }).to_string().as_bytes()).unwrap();
-        let key = KeySet::select(&set.ec, None).unwrap();
+        let key = &KeySet::select(&set.ec, None).unwrap().key;
         let jws = v["rfc7515_a3_es256_jws"].as_str().unwrap();
         let token = UntrustedToken::new(jws).unwrap();
         let checked = Es256.validator::<Value>(key).validate(&token).unwrap();
@@ -478,7 +694,7 @@ mod tests {
             max_age: 120,
         };
         assert_eq!(
-            verify(jws.as_bytes(), Keys::Jwks(&set), &expect),
+            verify(jws.as_bytes(), Keys::Jwks(&set), Crypto::Wasm, &expect),
             Err(VerifyError::Typ)
         );
     }
@@ -538,13 +754,33 @@ mod tests {
         }
     }
 
+    /// The proxy's check as the tests see it: BoringSSL's check emulated natively (the
+    /// protobuf around it is tested with the gate, tests/gate.rs).
+    struct Envoy;
+
+    impl NativeVerifier for Envoy {
+        fn verify_sha256(
+            &self,
+            spki: &Spki,
+            signature: &[u8],
+            text: &[u8],
+        ) -> Result<bool, NativeFailure> {
+            Ok(envoy_crypto::check(b"sha256", spki.der(), signature, text).0)
+        }
+    }
+
+    /// Verifies with the module's crypto and with the proxy's: both must agree (every test
+    /// that goes through here runs against both paths).
     fn check(alg: SigningAlg, jws: &str) -> Result<Claims, VerifyError> {
         let set = KeySet::from_jwks(&fixture().jwks).unwrap();
         let keys = match alg {
             SigningAlg::HS256 => Keys::Secret(b"the-client-secret"),
             _ => Keys::Jwks(&set),
         };
-        verify(jws.as_bytes(), keys, &expect(alg))
+        let wasm = verify(jws.as_bytes(), keys, Crypto::Wasm, &expect(alg));
+        let native = verify(jws.as_bytes(), keys, Crypto::Native(&Envoy), &expect(alg));
+        assert_eq!(wasm, native, "the two paths disagree on {jws}");
+        wasm
     }
 
     const TYP: Option<&str> = Some("token-introspection+jwt");
@@ -841,15 +1077,14 @@ mod tests {
             payload(true),
             Some(NOW),
         );
-        assert!(verify(jws.as_bytes(), Keys::Jwks(&set), &expect(SigningAlg::RS256)).is_ok());
-        let empty = KeySet::default();
-        assert_eq!(
-            verify(
-                jws.as_bytes(),
-                Keys::Jwks(&empty),
-                &expect(SigningAlg::RS256)
-            ),
-            Err(VerifyError::UnknownKey)
-        );
+        for crypto in [Crypto::Wasm, Crypto::Native(&Envoy)] {
+            let rs256 = expect(SigningAlg::RS256);
+            assert!(verify(jws.as_bytes(), Keys::Jwks(&set), crypto, &rs256).is_ok());
+            let empty = KeySet::default();
+            assert_eq!(
+                verify(jws.as_bytes(), Keys::Jwks(&empty), crypto, &rs256),
+                Err(VerifyError::UnknownKey)
+            );
+        }
     }
 }

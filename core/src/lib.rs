@@ -4,15 +4,21 @@
 //! host, hands them to these functions, and turns their results into host calls. Everything is
 //! therefore unit-tested natively.
 
+// The test support shared with the integration tests names the crate by its name.
+#[cfg(test)]
+extern crate self as introspection_core;
+
 pub mod bearer;
 pub mod cache;
 pub mod callout;
 pub mod claims;
 pub mod config;
 pub mod decision;
+pub mod der;
 pub mod discovery;
 pub mod fault;
 pub mod floodlog;
+pub mod foreign;
 pub mod gate;
 pub mod headers;
 pub mod host;
@@ -24,9 +30,10 @@ pub mod response;
 pub mod rules;
 pub mod schedule;
 pub mod secret;
+pub mod selftest;
 
 pub use config::{ClientAuth, Config, ConfigError};
 pub use decision::{Claims, Decision, Denial};
 pub use fault::{Fault, HostError};
-pub use gate::{Effects, Gate, Step, Trailers, Verdict};
+pub use gate::{Effects, Gate, StartError, Step, Trailers, Verdict};
 pub use host::Host;

@@ -2,6 +2,7 @@
 //! recorded callouts, shared data with compare-and-swap (and injectable mismatches), counters,
 //! and the request headers or callout answer "being delivered".
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -87,7 +88,14 @@ pub struct MockHost {
     pub histograms: HashMap<&'static str, Vec<u64>>,
     /// Every tick period set, in order.
     pub ticks: Vec<Duration>,
+    /// The proxy's foreign functions: `None` has none (every call is NotFound).
+    pub foreign: Option<ForeignFunction>,
+    /// Foreign calls made.
+    pub foreign_calls: Cell<u32>,
 }
+
+/// A scripted foreign function: name and serialised arguments to the serialised result.
+pub type ForeignFunction = fn(&str, &[u8]) -> Result<Vec<u8>, HostError>;
 
 impl MockHost {
     pub fn at(now: i64) -> MockHost {
@@ -235,5 +243,13 @@ impl Host for MockHost {
     fn set_tick_period(&mut self, period: Duration) -> Result<(), HostError> {
         self.ticks.push(period);
         Ok(())
+    }
+
+    fn call_foreign(&self, function: &str, arguments: &[u8]) -> Result<Vec<u8>, HostError> {
+        self.foreign_calls.set(self.foreign_calls.get() + 1);
+        match self.foreign {
+            Some(f) => f(function, arguments),
+            None => Err(HostError::Status(1)),
+        }
     }
 }

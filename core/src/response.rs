@@ -9,7 +9,7 @@ use crate::callout::ACCEPT_JWT;
 use crate::claims::Claims;
 use crate::config::{Config, KeySource};
 use crate::discovery::Endpoints;
-use crate::jwt::{self, Expectations, KeySet, Keys, VerifyError};
+use crate::jwt::{self, Crypto, Expectations, KeySet, Keys, VerifyError};
 
 /// The parts of the callout response the filter looks at. `Debug` omits the body.
 #[derive(Clone, Copy)]
@@ -251,10 +251,25 @@ mod tests {
         let c = config(serde_json::json!({}));
         let body = r#"{"active":true,"sub":"u","iss":"https://evil/api/v2"}"#;
         let a = answer("200", "application/json", body);
-        assert!(verified_claims(&c, &endpoints(None), None, &a, 0).is_ok());
-        assert!(verified_claims(&c, &endpoints(Some("https://evil/api/v2")), None, &a, 0).is_ok());
+        assert!(verified_claims(&c, &endpoints(None), None, Crypto::Wasm, &a, 0).is_ok());
+        assert!(verified_claims(
+            &c,
+            &endpoints(Some("https://evil/api/v2")),
+            None,
+            Crypto::Wasm,
+            &a,
+            0
+        )
+        .is_ok());
         assert_eq!(
-            verified_claims(&c, &endpoints(Some("https://as/api/v2")), None, &a, 0),
+            verified_claims(
+                &c,
+                &endpoints(Some("https://as/api/v2")),
+                None,
+                Crypto::Wasm,
+                &a,
+                0
+            ),
             Err(AnswerError::Fault(Fault::IssuerMismatch))
         );
     }
@@ -267,19 +282,19 @@ mod tests {
         // A plain JSON answer is never accepted in signed mode (no downgrade).
         let plain = answer("200", "application/json", r#"{"active":true,"sub":"u"}"#);
         assert!(matches!(
-            verified_claims(&c, &e, None, &plain, 0),
+            verified_claims(&c, &e, None, Crypto::Wasm, &plain, 0),
             Err(AnswerError::Fault(_))
         ));
         // A JWT before any key is loaded: fetch keys, never pass.
         let jwt = answer("200", "application/token-introspection+jwt", "a.b.c");
         assert_eq!(
-            verified_claims(&c, &e, None, &jwt, 0),
+            verified_claims(&c, &e, None, Crypto::Wasm, &jwt, 0),
             Err(AnswerError::UnknownKey)
         );
         // Errors keep their status, even when a JWT was asked for.
         let err = answer("401", "application/json", r#"{"error":"invalid_client"}"#);
         assert!(matches!(
-            verified_claims(&c, &e, None, &err, 0),
+            verified_claims(&c, &e, None, Crypto::Wasm, &err, 0),
             Err(AnswerError::Fault(Fault::Status { status: 401, .. }))
         ));
     }
@@ -309,6 +324,7 @@ pub fn verified_claims(
     config: &Config,
     endpoints: &Endpoints,
     jwks: Option<&KeySet>,
+    crypto: Crypto<'_>,
     answer: &Answer<'_>,
     now: i64,
 ) -> Result<Claims, AnswerError> {
@@ -345,7 +361,7 @@ pub fn verified_claims(
         leeway: signed.iat_leeway,
         max_age: signed.iat_max_age,
     };
-    match jwt::verify(answer.body, keys, &expect) {
+    match jwt::verify(answer.body, keys, crypto, &expect) {
         Ok(claims) => Ok(claims),
         Err(VerifyError::UnknownKey) if matches!(signed.keys, KeySource::Remote { .. }) => {
             Err(AnswerError::UnknownKey)

@@ -5,6 +5,7 @@
 use introspection_core::decision::{self, Decision, Denial, Invalid};
 use introspection_core::discovery::Endpoints;
 use introspection_core::fault::{Fault, Unusable};
+use introspection_core::jwt::Crypto;
 use introspection_core::response::{self, Answer, AnswerError};
 use introspection_core::Config;
 
@@ -32,7 +33,7 @@ fn judge(body: &str) -> Result<Decision, Fault> {
         content_type: Some(b"application/json"),
         body: body.as_bytes(),
     };
-    match response::verified_claims(&c, &endpoints, None, &answer, NOW) {
+    match response::verified_claims(&c, &endpoints, None, Crypto::Wasm, &answer, NOW) {
         Ok(claims) => Ok(decision::evaluate(
             &c.policy,
             &c.policy.requirements,

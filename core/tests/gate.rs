@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use introspection_core::gate::{Effects, Gate, Step, Trailers, Verdict};
-use introspection_core::mock::{MockAnswer, MockHost};
+use introspection_core::gate::{Effects, Gate, StartError, Step, Trailers, Verdict};
+use introspection_core::jwt::NativeFailure;
+use introspection_core::mock::{ForeignFunction, MockAnswer, MockHost};
+use introspection_core::selftest::SelfTestFailure;
 use introspection_core::Config;
 use jwt_compact::alg::Es256;
 use jwt_compact::{AlgorithmExt, Claims, Header};
@@ -38,7 +40,11 @@ struct Vm {
 
 impl Vm {
     fn new(config: Config) -> Vm {
-        let mut host = MockHost::at(NOW);
+        Vm::on(config, MockHost::at(NOW))
+    }
+
+    /// A VM started on this host.
+    fn on(config: Config, mut host: MockHost) -> Vm {
         let mut gate = Gate::new(config);
         gate.start(&mut host).unwrap();
         Vm { gate, host }
@@ -646,10 +652,16 @@ fn signed(kid: &str, sub: &str) -> MockAnswer {
 
 /// A VM in ES256 mode that loaded a JWKS holding `ec-1`.
 fn signed_vm() -> Vm {
-    let mut vm = Vm::new(config(
-        json!({"signed_response_alg": "ES256", "issuer": ISS,
-        "jwks_path": "/jwks"}),
-    ));
+    signed_vm_on(MockHost::at(NOW), json!({}))
+}
+
+/// The same on this host, with these settings added.
+fn signed_vm_on(host: MockHost, extra: Value) -> Vm {
+    let mut settings = json!({"signed_response_alg": "ES256", "issuer": ISS, "jwks_path": "/jwks"});
+    for (k, v) in extra.as_object().unwrap() {
+        settings[k] = v.clone();
+    }
+    let mut vm = Vm::on(config(settings), host);
     assert_eq!(
         vm.host.sent_to("/jwks"),
         1,
@@ -1066,4 +1078,146 @@ fn a_client_ids_rule_accepts_its_client_from_the_cache_too() {
     let step = request_at(&mut vm, 2, "GET", "/api/admin/x", Some("tok"));
     assert_eq!(status(&step), 200, "{step:?}");
     assert_eq!(vm.host.dispatched.len(), 1, "a cache hit");
+}
+
+// ---- Who checks signatures: the proxy (`verify_signature`) or the module --------------------
+
+#[path = "support/envoy_crypto.rs"]
+mod envoy_crypto;
+
+fn proxy(function: Option<ForeignFunction>) -> MockHost {
+    let mut host = MockHost::at(NOW);
+    host.foreign = function;
+    host
+}
+
+/// `answer` with one character of its signature changed.
+fn tampered(mut answer: MockAnswer) -> MockAnswer {
+    let jws = String::from_utf8(answer.body).unwrap();
+    let (signed_part, signature) = jws.rsplit_once('.').unwrap();
+    let mut signature: Vec<char> = signature.chars().collect();
+    let middle = signature.len() / 2;
+    signature[middle] = if signature[middle] == 'A' { 'B' } else { 'A' };
+    answer.body = format!("{signed_part}.{}", signature.iter().collect::<String>()).into_bytes();
+    answer
+}
+
+#[test]
+fn the_proxys_check_is_chosen_when_it_passes_the_known_answer_test_and_then_used() {
+    let mut vm = signed_vm_on(proxy(Some(envoy_crypto::verify_signature)), json!({}));
+    assert!(vm.gate.native_crypto());
+    assert_eq!(
+        vm.host.foreign_calls.get(),
+        3,
+        "one valid vector, two tampered copies"
+    );
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), signed("ec-1", SUB));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    assert_eq!(
+        vm.host.foreign_calls.get(),
+        4,
+        "the answer was checked by the proxy"
+    );
+    vm.request(2, "other");
+    let effects = vm.answer(vm.last_token(), tampered(signed("ec-1", SUB)));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_signature"
+    );
+}
+
+#[test]
+fn a_proxy_without_the_function_leaves_the_checks_in_the_module() {
+    let mut vm = signed_vm_on(proxy(None), json!({}));
+    assert!(!vm.gate.native_crypto());
+    let calls = vm.host.foreign_calls.get();
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), signed("ec-1", SUB));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    vm.request(2, "other");
+    let effects = vm.answer(vm.last_token(), tampered(signed("ec-1", SUB)));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_signature"
+    );
+    assert_eq!(
+        vm.host.foreign_calls.get(),
+        calls,
+        "the proxy is not asked again"
+    );
+}
+
+#[test]
+fn a_proxy_that_answers_wrongly_is_not_used() {
+    for (function, name) in [
+        (
+            envoy_crypto::always_valid as ForeignFunction,
+            "says yes to everything",
+        ),
+        (envoy_crypto::never_valid, "says no to everything"),
+        (envoy_crypto::refusing, "refuses every argument"),
+    ] {
+        let mut vm = signed_vm_on(proxy(Some(function)), json!({}));
+        assert!(!vm.gate.native_crypto(), "a proxy that {name}");
+        vm.request(1, "tok");
+        let effects = vm.answer(vm.last_token(), tampered(signed("ec-1", SUB)));
+        assert_eq!(
+            details(&effects[0].1),
+            "introspection_unavailable_jwt_signature",
+            "a proxy that {name}: the module refuses the forgery"
+        );
+    }
+}
+
+#[test]
+fn signature_check_wasm_never_asks_the_proxy() {
+    let mut vm = signed_vm_on(
+        proxy(Some(envoy_crypto::verify_signature)),
+        json!({"signature_check": "wasm"}),
+    );
+    assert!(!vm.gate.native_crypto());
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), signed("ec-1", SUB));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    assert_eq!(vm.host.foreign_calls.get(), 0);
+}
+
+#[test]
+fn signature_check_envoy_refuses_to_start_on_a_proxy_without_the_function() {
+    let settings = json!({"signed_response_alg": "RS256", "issuer": ISS, "jwks_path": "/jwks",
+        "signature_check": "envoy"});
+    let mut host = proxy(None);
+    let mut gate = Gate::new(config(settings.clone()));
+    let err = gate.start(&mut host).unwrap_err();
+    assert_eq!(
+        err,
+        StartError::NoNativeCrypto(SelfTestFailure::Unavailable(NativeFailure::Missing))
+    );
+    assert!(err.to_string().contains("signature_check"), "{err}");
+    let mut host = proxy(Some(envoy_crypto::verify_signature));
+    let mut gate = Gate::new(config(settings));
+    gate.start(&mut host).unwrap();
+    assert!(gate.native_crypto());
+}
+
+#[test]
+fn a_proxy_that_fails_after_the_test_gives_503_never_cached_and_no_fallback() {
+    let mut vm = signed_vm_on(proxy(Some(envoy_crypto::verify_signature)), json!({}));
+    vm.host.foreign = Some(envoy_crypto::refusing);
+    vm.request(1, "tok");
+    let effects = vm.answer(vm.last_token(), signed("ec-1", SUB));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_native_check"
+    );
+    assert_eq!(
+        vm.host
+            .counter("introspection.denied.unavailable.jwt_native_check"),
+        1
+    );
+    vm.host.foreign = Some(envoy_crypto::verify_signature);
+    assert_eq!(vm.request(2, "tok"), Step::Pause, "nothing was cached");
+    let effects = vm.answer(vm.last_token(), signed("ec-1", SUB));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
 }

@@ -57,6 +57,7 @@ fn leaves_import_nothing_of_the_crate() {
     let graph = imports();
     for leaf in [
         "claims",
+        "der",
         "bearer",
         "headers",
         "schedule",

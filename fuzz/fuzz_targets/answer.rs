@@ -4,6 +4,7 @@
 
 use introspection_core::decision::{self, Decision};
 use introspection_core::discovery::Endpoints;
+use introspection_core::jwt::Crypto;
 use introspection_core::response::{self, Answer};
 use introspection_core::Config;
 use libfuzzer_sys::fuzz_target;
@@ -47,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         body,
     };
     for config in [plain, signed] {
-        if let Ok(claims) = response::verified_claims(config, endpoints, None, &answer, NOW) {
+        if let Ok(claims) = response::verified_claims(config, endpoints, None, Crypto::Wasm, &answer, NOW) {
             let d = decision::evaluate(
                 &config.policy,
                 &config.policy.requirements,

@@ -1,8 +1,13 @@
 //! The JWS verifier on arbitrary input, against fixed keys (HS256 secret, the RFC 7515/7517
-//! public keys): never panics, never accepts what it was not signed with.
+//! public keys), with the module's crypto and through the proxy's (a stand-in that refuses
+//! every signature): never panics, never accepts what it was not signed with. The proxy's
+//! protobuf answer reader and the DER writer get the same bytes.
 #![no_main]
 
-use introspection_core::jwt::{self, Expectations, KeySet, Keys, SigningAlg};
+use introspection_core::jwt::{
+    self, Crypto, Expectations, KeySet, Keys, NativeFailure, NativeVerifier, SigningAlg, Spki,
+};
+use introspection_core::{der, foreign};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -17,7 +22,20 @@ fn keys() -> &'static KeySet {
     })
 }
 
+/// A proxy that checks nothing and refuses everything.
+struct Refusing;
+
+impl NativeVerifier for Refusing {
+    fn verify_sha256(&self, _: &Spki, _: &[u8], _: &[u8]) -> Result<bool, NativeFailure> {
+        Ok(false)
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    let _ = foreign::result(data);
+    if let Some(der) = der::ecdsa_signature(data) {
+        assert!(der.len() <= 72);
+    }
     for alg in [SigningAlg::RS256, SigningAlg::ES256, SigningAlg::HS256] {
         let expect = Expectations {
             alg,
@@ -32,6 +50,8 @@ fuzz_target!(|data: &[u8]| {
             _ => Keys::Jwks(keys()),
         };
         // Random bytes are never a valid signature under these keys.
-        assert!(jwt::verify(data, keys, &expect).is_err());
+        for crypto in [Crypto::Wasm, Crypto::Native(&Refusing)] {
+            assert!(jwt::verify(data, keys, crypto, &expect).is_err());
+        }
     }
 });
