@@ -64,6 +64,10 @@ fn attacks_fail_closed(stack: &Stack) {
         "wrong_typ",
         "plain_json",
         "unknown_kid",
+        "sig_short",
+        "sig_long",
+        "sig_zero",
+        "sig_der",
     ] {
         let token = stack.mint(json!({ "sub": SUB, "tamper": tamper }));
         let r = stack.get_with_token("/api/users/me", &token);
@@ -101,18 +105,76 @@ fn valid_and_inactive(stack: &Stack) {
     );
 }
 
-#[test]
-fn rs256_answers_are_verified() {
-    let stack = signed_stack("rs256", "RS256", json!({}));
+/// Who checked the answers, from the filter's own log: the choice made at configuration (every
+/// VM logs it) and the per-answer debug lines.
+fn checked_by(stack: &Stack, alg: &str) -> (&'static str, usize, usize) {
+    let log = stack.envoy.proc.log_text();
+    let choice = if log.contains(&format!(
+        "{alg} signatures checked by the proxy (verify_signature): known-answer test passed"
+    )) {
+        "proxy"
+    } else if log.contains(&format!("{alg} signatures checked in the module")) {
+        "wasm"
+    } else {
+        "none logged"
+    };
+    let count = |by: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("{alg} answer checked in")) && l.contains(by))
+            .count()
+    };
+    (choice, count("(proxy)"), count("(wasm)"))
+}
+
+/// The whole signed suite through Envoy's BoringSSL (chosen by the known-answer test), then
+/// again with the proxy's check forced off: both refuse every attack.
+fn both_paths(alg: &'static str) {
+    let label = alg.to_lowercase();
+    let stack = signed_stack(&label, alg, json!({}));
     valid_and_inactive(&stack);
     attacks_fail_closed(&stack);
+    let (choice, proxy, wasm) = checked_by(&stack, alg);
+    assert_eq!(choice, "proxy", "Envoy 1.40 has verify_signature");
+    assert!(
+        proxy >= 3 && wasm == 0,
+        "answers checked: {proxy} by the proxy, {wasm} in wasm"
+    );
+    drop(stack);
+
+    let stack = signed_stack(
+        &format!("{label}-wasm"),
+        alg,
+        json!({ "signature_check": "wasm" }),
+    );
+    valid_and_inactive(&stack);
+    attacks_fail_closed(&stack);
+    let (choice, proxy, wasm) = checked_by(&stack, alg);
+    assert_eq!(choice, "wasm", "forced off");
+    assert!(
+        proxy == 0 && wasm >= 3,
+        "answers checked: {proxy} by the proxy, {wasm} in wasm"
+    );
 }
 
 #[test]
-fn es256_answers_are_verified() {
-    let stack = signed_stack("es256", "ES256", json!({}));
+fn rs256_answers_are_verified_by_envoy_and_by_the_module() {
+    both_paths("RS256");
+}
+
+#[test]
+fn es256_answers_are_verified_by_envoy_and_by_the_module() {
+    both_paths("ES256");
+}
+
+#[test]
+fn signature_check_envoy_starts_on_envoy_1_40() {
+    let stack = signed_stack(
+        "rs256-envoy",
+        "RS256",
+        json!({ "signature_check": "envoy" }),
+    );
     valid_and_inactive(&stack);
-    attacks_fail_closed(&stack);
+    assert_eq!(checked_by(&stack, "RS256").0, "proxy");
 }
 
 #[test]

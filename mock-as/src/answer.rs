@@ -2,7 +2,8 @@
 //! ProConnect's, with the optional faults of [`Tamper`] applied.
 
 use crate::clients::{Client, SigAlg};
-use crate::jws::{flip_signature_bit, replace_payload, sign_compact, unsigned_compact};
+use crate::jws::{change_signature, der_of_halves, flip_signature_bit, replace_payload};
+use crate::jws::{sign_compact, unsigned_compact};
 use crate::jws::{JwsHeader, SignatureCache, Signer};
 use crate::keys::{KeyPair, KeySet};
 use crate::store::{Tamper, TokenKind, TokenRecord, DEFAULT_SCOPE};
@@ -365,8 +366,22 @@ fn signed(
             replace_payload(&jws, &payload_of(&forged)?)
                 .ok_or_else(|| "cannot replace payload".to_owned())
         }
+        Some(Tamper::SigShort) => change(&jws, |mut sig| {
+            sig.pop();
+            sig
+        }),
+        Some(Tamper::SigLong) => change(&jws, |mut sig| {
+            sig.push(0);
+            sig
+        }),
+        Some(Tamper::SigZero) => change(&jws, |sig| vec![0; sig.len()]),
+        Some(Tamper::SigDer) => change(&jws, |sig| der_of_halves(&sig)),
         _ => Ok(jws),
     }
+}
+
+fn change(jws: &str, how: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Result<String, String> {
+    change_signature(jws, how).ok_or_else(|| "cannot change the signature".to_owned())
 }
 
 #[cfg(test)]

@@ -137,6 +137,33 @@ pub fn flip_signature_bit(jws: &str) -> Option<String> {
     Some(format!("{h}.{p}.{}", b64url(&sig)))
 }
 
+/// Replaces the signature by what `change` makes of its bytes.
+pub fn change_signature(jws: &str, change: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Option<String> {
+    let (h, p, s) = parts(jws)?;
+    let sig = b64url_decode(s)?;
+    Some(format!("{h}.{p}.{}", b64url(&change(sig))))
+}
+
+/// The two halves of `sig` as a DER SEQUENCE of two non-negative INTEGERs (X.690), the form of
+/// an ECDSA signature outside JWS. Lengths stay below 128 for ES256's 32-byte halves.
+pub fn der_of_halves(sig: &[u8]) -> Vec<u8> {
+    let integer = |half: &[u8]| {
+        let start = half.iter().position(|&b| b != 0).unwrap_or(half.len());
+        let mut digits = half.get(start..).unwrap_or_default().to_vec();
+        if digits.first().is_none_or(|&b| b & 0x80 != 0) {
+            digits.insert(0, 0);
+        }
+        let mut out = vec![0x02, digits.len() as u8];
+        out.extend_from_slice(&digits);
+        out
+    };
+    let (r, s) = sig.split_at(sig.len() / 2);
+    let body = [integer(r), integer(s)].concat();
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Replaces the payload, keeping the original header and signature.
 pub fn replace_payload(jws: &str, payload: &[u8]) -> Option<String> {
     let (h, _, s) = parts(jws)?;
@@ -154,6 +181,18 @@ mod tests {
 
     fn decode_json(part: &str) -> serde_json::Value {
         serde_json::from_slice(&b64url_decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn der_of_halves_is_a_sequence_of_two_minimal_integers() {
+        let mut sig = [0u8; 64];
+        sig[0] = 0x80;
+        sig[63] = 7;
+        let der = der_of_halves(&sig);
+        let mut r = vec![0x02, 33, 0];
+        r.extend_from_slice(&sig[..32]);
+        let expected = [vec![0x30, 38], r, vec![0x02, 1, 7]].concat();
+        assert_eq!(der, expected);
     }
 
     #[test]

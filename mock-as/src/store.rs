@@ -51,6 +51,16 @@ pub enum Tamper {
     PlainJson,
     /// Signed: signed with a throwaway key whose kid is not published.
     UnknownKid,
+    /// Signed: the signature without its last byte.
+    SigShort,
+    /// Signed: the signature with one zero byte appended.
+    SigLong,
+    /// Signed: a signature of the right length, all zero bytes (for ES256: r = s = 0, the
+    /// "psychic signature" a broken ECDSA verifier accepts).
+    SigZero,
+    /// Signed: the signature's two halves as a DER `ECDSA-Sig-Value` (for ES256: a valid
+    /// signature in the form BoringSSL reads, which a JWS must never carry).
+    SigDer,
     /// Any: 400 `invalid_request`, as a server answers a request it cannot read.
     #[serde(rename = "status_400")]
     Status400,
