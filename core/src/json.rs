@@ -2,6 +2,8 @@
 //! (`{"active":false,…,"active":true}`) is ambiguous — parsers disagree on which one counts —
 //! so it is refused at every depth instead of letting the last one win. A leaf module.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -22,6 +24,20 @@ const DUPLICATE: &str = "duplicate member";
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
     match serde_json::from_slice::<Strict>(bytes) {
         Ok(Strict(value)) => Ok(value),
+        Err(e) if e.to_string().starts_with(DUPLICATE) => Err(JsonError::Duplicate),
+        Err(_) => Err(JsonError::Syntax),
+    }
+}
+
+/// Checks that `bytes` is JSON without duplicated members, building nothing: for bodies another
+/// parser reads afterwards.
+pub fn check_strict(bytes: &[u8]) -> Result<(), JsonError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let checked = deserializer
+        .deserialize_any(CheckVisitor)
+        .and_then(|()| deserializer.end());
+    match checked {
+        Ok(()) => Ok(()),
         Err(e) if e.to_string().starts_with(DUPLICATE) => Err(JsonError::Duplicate),
         Err(_) => Err(JsonError::Syntax),
     }
@@ -93,9 +109,126 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Walks a value without keeping it; objects keep only their keys, to find a repeated one.
+struct CheckVisitor;
+
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckVisitor).map(|()| Checked)
+    }
+}
+
+/// A member name, borrowed from the input unless it holds escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_string())))
+    }
+}
+
+impl<'de> Visitor<'de> for CheckVisitor {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = BTreeSet::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if !keys.insert(key) {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+            map.next_value::<Checked>()?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both readers on one input: the same verdict.
+    fn both(bytes: &[u8]) -> Result<(), JsonError> {
+        let checked = check_strict(bytes);
+        assert_eq!(parse_strict(bytes).map(|_| ()), checked, "{bytes:?}");
+        checked
+    }
+
+    #[test]
+    fn the_checker_agrees_with_the_parser() {
+        for case in [
+            &br#"{"active":false,"sub":"alice","active":true}"#[..],
+            br#"{"token_introspection":{"sub":"a","sub":"b"}}"#,
+            br#"[{"a":1},{"b":1,"b":2}]"#,
+            br#"{"a":{"x":1},"b":{"x":2},"c":[1,"x",null,true,-2,1.5]}"#,
+            br#"{"active":false,"\u0061ctive":true}"#,
+            br#"{"\u0061":1,"a\u0062":2,"ab":3}"#,
+            br#"{"a":1} trailing"#,
+            br#"{"a":1}   "#,
+            b"",
+            b"nul",
+            br#"{"a":"\ud800"}"#,
+            br#"{"a":18446744073709551616}"#,
+        ] {
+            both(case).ok();
+        }
+        assert_eq!(both(br#"{"x":[{"k":1,"k":1}]}"#), Err(JsonError::Duplicate));
+        assert_eq!(both(br#"{"x":[{"k":1},{"k":1}]}"#), Ok(()));
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(both(deep.as_bytes()), Err(JsonError::Syntax));
+    }
 
     #[test]
     fn a_duplicated_top_level_member_is_refused() {

@@ -601,8 +601,12 @@ fn check_segments(compact: &str) -> Result<(), VerifyError> {
     if header.get("crit").is_some() {
         return Err(VerifyError::Crit);
     }
-    strict(&decode(payload)?)?;
-    Ok(())
+    // jwt-compact parses the payload next: only the duplicates are looked for here.
+    match json::check_strict(&decode(payload)?) {
+        Ok(()) => Ok(()),
+        Err(JsonError::Duplicate) => Err(VerifyError::Ambiguous),
+        Err(JsonError::Syntax) => Err(VerifyError::Payload),
+    }
 }
 
 /// RFC 9701 `typ`: `token-introspection+jwt`, case-insensitive, optional `application/` prefix.
