@@ -9,6 +9,8 @@ mod keys;
 mod oauthsd;
 mod routes;
 mod store;
+#[cfg(test)]
+mod testing;
 mod util;
 mod wire;
 

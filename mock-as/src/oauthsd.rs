@@ -193,27 +193,17 @@ async fn introspect(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::clients::{parse_client_arg, Clients};
-    use crate::keys::{KeyPair, KeySet};
-    use axum::body::Body;
-    use axum::http::Request;
+    use crate::testing::{self, FORM};
     use base64::Engine as _;
     use serde_json::{json, Value};
-    use tower::ServiceExt as _;
 
     const ISS: &str = "http://127.0.0.1:9";
 
     fn app() -> Router {
-        let clients = Clients::new([parse_client_arg("sr:sec").unwrap()]);
-        let state = AppState::new(
-            ISS,
-            "fs-app",
-            clients,
-            KeySet::new(KeyPair::generate().unwrap()),
-        );
-        router(Arc::new(state), false)
+        router(testing::state(ISS, "fs-app", &["sr:sec"]), false)
     }
 
+    /// A call whose answer is read as JSON (`null` if it is not).
     async fn call(
         app: &Router,
         method: &str,
@@ -221,26 +211,12 @@ mod tests {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = app
-            .clone()
-            .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let (status, _, bytes) = testing::call(app, method, path, headers, body).await;
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
     }
-
-    const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 
     fn basic(id: &str, secret: &str) -> String {
         format!(

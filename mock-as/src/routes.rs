@@ -496,52 +496,18 @@ pub(crate) async fn revoke(
 mod tests {
     use super::*;
     use crate::clients::parse_client_arg;
+    use crate::testing::{self, call, FORM};
     use crate::util::b64url_decode;
-    use axum::http::Request as HttpRequest;
     use serde_json::{json, Value};
-    use tower::ServiceExt as _;
 
     const ISS: &str = "http://127.0.0.1:9/api/v2";
 
     fn app() -> Router {
-        let clients = Clients::new([
-            parse_client_arg("sr:sec").unwrap(),
-            parse_client_arg("sig:sigsec:RS256").unwrap(),
-        ]);
-        let state = AppState::new(
-            ISS,
-            "fs-demo",
-            clients,
-            KeySet::new(KeyPair::generate().unwrap()),
-        );
-        router(Arc::new(state), false)
+        router(
+            testing::state(ISS, "fs-demo", &["sr:sec", "sig:sigsec:RS256"]),
+            false,
+        )
     }
-
-    async fn call(
-        app: &Router,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, HeaderMap, Vec<u8>) {
-        let mut req = HttpRequest::builder().method(method).uri(path);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = app
-            .clone()
-            .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, headers, body.to_vec())
-    }
-
-    const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 
     async fn admin(app: &Router, path: &str, body: Value) -> Value {
         let (status, _, body) = call(app, "POST", path, &[], &body.to_string()).await;
