@@ -263,6 +263,10 @@ impl Host for Envoy {
         header_pairs(MapType::HttpRequestTrailers)
     }
 
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        header(MapType::HttpRequestHeaders, name).map_err(host_error)
+    }
+
     fn route_name(&self) -> Result<Option<String>, HostError> {
         let path = b"route_name"; // a one-segment property path
         let (mut data, mut size) = (null_mut(), 0);

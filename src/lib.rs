@@ -242,7 +242,7 @@ fn fail_allow(vm: &VmRef, id: u32, e: HostError) -> Verdict {
     with_gate(vm, |gate, host| gate.allow_failed(id, e, host))
 }
 
-fn edit_headers(remove: &[String], set: &[(String, String)]) -> Result<(), HostError> {
+fn edit_headers(remove: &[Rc<str>], set: &[(String, String)]) -> Result<(), HostError> {
     let failed = |s| HostError::Status(s as u32);
     for name in remove {
         host::remove_header(MapType::HttpRequestHeaders, name).map_err(failed)?;

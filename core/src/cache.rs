@@ -245,49 +245,86 @@ const VERSION: u8 = 3;
 const HEADER: usize = 1 + 32 + 8 + 32;
 
 /// A small per-VM front of the shared cache: verified claims kept in the worker's own memory,
-/// so a hit needs no shared-data copy, MAC check or JSON parse. Entries keep the expiry of the
-/// shared entry, so nothing is served longer than the shared cache would.
+/// keyed by the token itself, so a hit needs no HMAC, no shared-data copy, no MAC check and no
+/// JSON parse. Entries keep the expiry of the shared entry, so nothing is served longer than
+/// the shared cache would.
+///
+/// The tokens stay in this VM's linear memory, which no other plugin and no other VM can read
+/// (the shared cache, which other plugins can read, only ever holds HMACs). They are bounded in
+/// number and in bytes, and [`LocalCache::purge`] drops them once expired. Lookups hash the
+/// token with the standard library's keyed SipHash (random keys per map), so a client cannot
+/// aim probes at another user's entry.
 #[derive(Debug)]
 pub struct LocalCache {
-    entries: std::collections::HashMap<[u8; 32], (i64, std::rc::Rc<Claims>)>,
+    entries: std::collections::HashMap<Box<str>, (i64, std::rc::Rc<Claims>)>,
     capacity: usize,
+    /// Token bytes held, and the most allowed.
+    bytes: usize,
+    max_bytes: usize,
 }
+
+/// Token bytes a VM's local cache may hold (a bound on its memory whatever the tokens' size).
+pub const LOCAL_CACHE_MAX_BYTES: usize = 1 << 20;
 
 impl LocalCache {
     pub fn new(capacity: usize) -> LocalCache {
+        LocalCache::with_budget(capacity, LOCAL_CACHE_MAX_BYTES)
+    }
+
+    /// At most `capacity` entries holding at most `max_bytes` bytes of tokens.
+    pub fn with_budget(capacity: usize, max_bytes: usize) -> LocalCache {
         LocalCache {
             entries: std::collections::HashMap::new(),
             capacity,
+            bytes: 0,
+            max_bytes,
         }
     }
 
-    /// The claims for this fingerprint, if still valid at `now`.
-    pub fn get(&self, fingerprint: &[u8; 32], now: i64) -> Option<std::rc::Rc<Claims>> {
-        match self.entries.get(fingerprint) {
+    /// The claims for this token, if still valid at `now`.
+    pub fn get(&self, token: &str, now: i64) -> Option<std::rc::Rc<Claims>> {
+        match self.entries.get(token) {
             Some((expires_at, claims)) if *expires_at > now => Some(claims.clone()),
             _ => None,
         }
     }
 
-    /// Keeps claims until `expires_at`. When full, expired entries go first, then everything
-    /// (a bounded map, not an LRU: refilling from the shared cache is cheap).
-    pub fn insert(
-        &mut self,
-        fingerprint: [u8; 32],
-        expires_at: i64,
-        claims: std::rc::Rc<Claims>,
-        now: i64,
-    ) {
-        if self.capacity == 0 || expires_at <= now {
+    /// Keeps claims for `token` until `expires_at`. When full (entries or bytes), expired
+    /// entries go first, then everything (a bounded map, not an LRU: refilling from the shared
+    /// cache is cheap).
+    pub fn insert(&mut self, token: &str, expires_at: i64, claims: std::rc::Rc<Claims>, now: i64) {
+        if self.capacity == 0 || expires_at <= now || token.len() > self.max_bytes {
             return;
         }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&fingerprint) {
-            self.entries.retain(|_, (e, _)| *e > now);
-            if self.entries.len() >= self.capacity {
+        if let Some(entry) = self.entries.get_mut(token) {
+            *entry = (expires_at, claims);
+            return;
+        }
+        let full = |c: &LocalCache| {
+            c.entries.len() >= c.capacity || c.bytes.saturating_add(token.len()) > c.max_bytes
+        };
+        if full(self) {
+            self.purge(now);
+            if full(self) {
                 self.entries.clear();
+                self.bytes = 0;
             }
         }
-        self.entries.insert(fingerprint, (expires_at, claims));
+        self.bytes = self.bytes.saturating_add(token.len());
+        self.entries.insert(token.into(), (expires_at, claims));
+    }
+
+    /// Drops every entry expired at `now`: their tokens leave the VM's memory.
+    pub fn purge(&mut self, now: i64) {
+        let mut freed = 0usize;
+        self.entries.retain(|token, (e, _)| {
+            let keep = *e > now;
+            if !keep {
+                freed = freed.saturating_add(token.len());
+            }
+            keep
+        });
+        self.bytes = self.bytes.saturating_sub(freed);
     }
 
     pub fn len(&self) -> usize {
@@ -296,6 +333,11 @@ impl LocalCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Token bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -510,27 +552,52 @@ mod tests {
     fn local_cache_is_bounded_and_expires() {
         let mut l = LocalCache::new(2);
         let c = std::rc::Rc::new(claims(json!({"active": true, "sub": "u"})));
-        l.insert([1; 32], NOW + 5, c.clone(), NOW);
-        assert!(l.get(&[1; 32], NOW).is_some());
+        l.insert("t1", NOW + 5, c.clone(), NOW);
+        assert!(l.get("t1", NOW).is_some());
         assert!(
-            l.get(&[1; 32], NOW + 5).is_none(),
+            l.get("t1", NOW + 5).is_none(),
             "never served at or after expiry"
         );
-        assert!(l.get(&[2; 32], NOW).is_none());
-        l.insert([2; 32], NOW + 1, c.clone(), NOW);
+        assert!(l.get("t2", NOW).is_none());
+        assert!(l.get("t", NOW).is_none(), "exact tokens only");
+        l.insert("t2", NOW + 1, c.clone(), NOW);
         // Full: the expired entry goes first.
-        l.insert([3; 32], NOW + 9, c.clone(), NOW + 2);
+        l.insert("t3", NOW + 9, c.clone(), NOW + 2);
         assert_eq!(l.len(), 2);
-        assert!(l.get(&[1; 32], NOW + 2).is_some() && l.get(&[3; 32], NOW + 2).is_some());
+        assert!(l.get("t1", NOW + 2).is_some() && l.get("t3", NOW + 2).is_some());
         // Full of live entries: cleared, bounded.
-        l.insert([4; 32], NOW + 9, c.clone(), NOW + 2);
+        l.insert("t4", NOW + 9, c.clone(), NOW + 2);
         assert_eq!(l.len(), 1);
+        assert_eq!(l.bytes(), 2);
         // Already expired or disabled: not kept.
-        l.insert([5; 32], NOW, c.clone(), NOW);
-        assert!(l.get(&[5; 32], NOW - 1).is_none());
+        l.insert("t5", NOW, c.clone(), NOW);
+        assert!(l.get("t5", NOW - 1).is_none());
         let mut off = LocalCache::new(0);
-        off.insert([1; 32], NOW + 5, c, NOW);
+        off.insert("t1", NOW + 5, c, NOW);
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn local_cache_tokens_are_bounded_in_bytes_and_purged_once_expired() {
+        let c = std::rc::Rc::new(claims(json!({"active": true, "sub": "u"})));
+        let mut l = LocalCache::with_budget(100, 10);
+        l.insert("aaaa", NOW + 5, c.clone(), NOW);
+        l.insert("bbbb", NOW + 50, c.clone(), NOW);
+        assert_eq!(l.bytes(), 8);
+        // Replacing an entry holds no more bytes.
+        l.insert("bbbb", NOW + 60, c.clone(), NOW);
+        assert_eq!((l.len(), l.bytes()), (2, 8));
+        // Over the byte budget: the expired entry goes first.
+        l.insert("cccc", NOW + 50, c.clone(), NOW + 10);
+        assert_eq!((l.len(), l.bytes()), (2, 8));
+        assert!(l.get("aaaa", NOW).is_none() && l.get("bbbb", NOW + 10).is_some());
+        // A token longer than the whole budget is never kept.
+        l.insert("0123456789a", NOW + 50, c.clone(), NOW);
+        assert!(l.get("0123456789a", NOW).is_none());
+        // Purge: expired tokens leave, their bytes with them.
+        l.purge(NOW + 60);
+        assert!(l.is_empty());
+        assert_eq!(l.bytes(), 0);
     }
 
     #[test]

@@ -667,6 +667,40 @@ impl Identity {
             .iter()
             .any(|h| same_header(h.as_bytes(), name))
     }
+
+    /// Every name [`Identity::is_identity_header`] accepts, in lowercase (Envoy lowercases
+    /// header names, and looks them up case-insensitively): each `-` or `_` of each identity
+    /// header either way, so `x-user-sub` has 4 spellings. `None` if there are more than `max`.
+    pub fn spellings(&self, max: usize) -> Option<Vec<String>> {
+        let mut all = Vec::new();
+        for header in &self.identity_headers {
+            let separators = header.bytes().filter(|&b| b == b'-' || b == b'_').count();
+            let count = 1usize.checked_shl(u32::try_from(separators).ok()?)?;
+            if all.len().checked_add(count)? > max {
+                return None;
+            }
+            for mask in 0..count {
+                let mut bit = 0;
+                let spelling = header
+                    .chars()
+                    .map(|c| match c {
+                        '-' | '_' => {
+                            let underscore = mask >> bit & 1 == 1;
+                            bit += 1;
+                            if underscore {
+                                '_'
+                            } else {
+                                '-'
+                            }
+                        }
+                        c => c,
+                    })
+                    .collect();
+                all.push(spelling);
+            }
+        }
+        Some(all)
+    }
 }
 
 impl Limits {
@@ -1741,6 +1775,37 @@ mod tests {
         ] {
             assert!(!c.identity.is_identity_header(name));
         }
+    }
+
+    #[test]
+    fn every_spelling_of_the_identity_headers_is_listed() {
+        let c = with(
+            "claim_headers",
+            serde_json::json!({"scope": "x_token-scope", "uid": "uid"}),
+        )
+        .unwrap();
+        let all = c.identity.spellings(64).unwrap();
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "uid",
+                "x-token-scope",
+                "x-token_scope",
+                "x-user-sub",
+                "x-user_sub",
+                "x_token-scope",
+                "x_token_scope",
+                "x_user-sub",
+                "x_user_sub"
+            ]
+        );
+        assert!(all
+            .iter()
+            .all(|s| c.identity.is_identity_header(s.as_bytes())));
+        assert_eq!(c.identity.spellings(8), None, "more than asked for");
+        assert_eq!(c.identity.spellings(9).map(|s| s.len()), Some(9));
     }
 
     #[test]

@@ -96,7 +96,12 @@ pub trait Host {
     fn now_nanos(&self) -> Option<u64>;
 
     /// The current request's headers, serialised (see [`crate::headers::decode_pairs`]).
+    /// Costly (the host serialises every header): the hit path reads single headers instead.
     fn request_headers(&self) -> Result<Vec<u8>, HostError>;
+    /// One header of the current request (`name` lowercase), `None` if absent. Envoy answers
+    /// with the first value of the field; repeated fields of its inline headers, among them
+    /// `Authorization`, arrive already joined into one value with `,`.
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError>;
     /// The current request's trailers, serialised.
     fn request_trailers(&self) -> Result<Vec<u8>, HostError>;
     /// The name of the route Envoy chose for the current request (`None`: it has none).

@@ -65,8 +65,12 @@ pub struct MockHost {
     pub nanos: u64,
     /// The headers of the request being handled.
     pub request: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Fail `request_headers`.
+    /// Fail `request_headers` and `request_header`.
     pub request_headers_fail: bool,
+    /// Whole-map reads (`request_headers`) and single-header reads (`request_header`), to
+    /// check what a path costs the host.
+    pub map_reads: std::cell::Cell<u32>,
+    pub header_reads: std::cell::Cell<u32>,
     /// The trailers of the request being handled.
     pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Envoy's `route_name` for the request being handled.
@@ -154,7 +158,24 @@ impl Host for MockHost {
         if self.request_headers_fail {
             return Err(HostError::Status(2));
         }
+        self.map_reads.set(self.map_reads.get() + 1);
         Ok(encode_pairs(&self.request))
+    }
+
+    /// As Envoy does for its inline headers (`Authorization` among them): every field of that
+    /// name, case-insensitively, joined with `,`.
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        if self.request_headers_fail {
+            return Err(HostError::Status(2));
+        }
+        self.header_reads.set(self.header_reads.get() + 1);
+        let values: Vec<&[u8]> = self
+            .request
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        Ok((!values.is_empty()).then(|| values.join(&b","[..])))
     }
 
     fn request_trailers(&self) -> Result<Vec<u8>, HostError> {

@@ -1,6 +1,7 @@
 //! The gate's state machines under concurrency, faults and clocks, with the mock host.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use introspection_core::gate::{Effects, Gate, StartError, Step, Trailers, Verdict};
@@ -146,23 +147,115 @@ fn fifty_requests_for_one_token_share_one_callout_and_each_gets_its_own_verdict(
 }
 
 #[test]
-fn a_waiter_that_forged_an_identity_header_has_it_removed_and_no_one_else() {
+fn every_waiter_has_every_spelling_of_the_identity_headers_removed() {
     let mut vm = Vm::uncached();
     vm.request(1, "tok");
     vm.request_with(
         2,
-        &[("authorization", b"Bearer tok"), ("X_User_Sub", b"mallory")],
+        &[("authorization", b"Bearer tok"), ("x_user_sub", b"mallory")],
     );
     let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
-    let removed = |i: usize| match &effects[i].1 {
-        Verdict::Allow { remove, .. } => remove.clone(),
-        Verdict::Deny(_) => panic!("denied"),
-    };
-    assert_eq!(removed(0), vec!["authorization".to_string()]);
+    // By name, present or not (no header map read); `x-user-sub` itself is set, which
+    // replaces any value it had.
+    let expected: Vec<Rc<str>> = ["x_user-sub", "x-user_sub", "x_user_sub", "authorization"]
+        .into_iter()
+        .map(Rc::from)
+        .collect();
+    for (_, verdict) in &effects {
+        match verdict {
+            Verdict::Allow { remove, .. } => assert_eq!(remove, &expected),
+            Verdict::Deny(_) => panic!("denied"),
+        }
+        assert_eq!(allowed_sub(verdict), Some(SUB));
+    }
+    assert_eq!(effects.len(), 2);
+    assert_eq!(vm.host.map_reads.get(), 0);
+}
+
+#[test]
+fn many_spellings_read_the_header_map_and_remove_those_present() {
+    // x-user-sub (4 spellings) + x-token-client-id (8): more than STRIP_BY_NAME_MAX.
+    let mut vm = Vm::new(config(
+        json!({"claim_headers": {"client_id": "x-token-client-id"}}),
+    ));
+    vm.host.request_with(&[
+        ("authorization", b"Bearer tok"),
+        ("x_token-client_id", b"forged"),
+        ("x-user-sub", b"mallory"),
+    ]);
+    vm.gate.on_request_headers(1, &mut vm.host);
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    let expected: Vec<Rc<str>> = ["x_token-client_id", "authorization"]
+        .into_iter()
+        .map(Rc::from)
+        .collect();
     assert_eq!(
-        removed(1),
-        vec!["X_User_Sub".to_string(), "authorization".to_string()]
+        effects[0].1,
+        Verdict::Allow {
+            remove: expected,
+            set: vec![("x-user-sub".into(), SUB.into())]
+        }
     );
+    assert_eq!(vm.host.map_reads.get(), 1);
+}
+
+#[test]
+fn a_hit_reads_authorization_alone_and_needs_no_shared_read_once_in_the_vm() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok");
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    let shared_before = vm.host.shared.clone();
+    vm.host.shared.clear(); // a hit from the VM's own memory never reads shared data
+    vm.host.header_reads.set(0);
+    let step = vm.request(2, "tok");
+    let Step::Verdict(verdict) = &step else {
+        panic!("paused")
+    };
+    assert_eq!(allowed_sub(verdict), Some(SUB));
+    assert_eq!(vm.host.map_reads.get(), 0);
+    assert_eq!(vm.host.header_reads.get(), 1, "authorization only");
+    assert_eq!(vm.host.counter("introspection.cache.hit"), 1);
+    // Another token is not served from it, even one that shares a prefix.
+    vm.host.shared = shared_before;
+    assert_eq!(vm.request(3, "to"), Step::Pause);
+    assert_eq!(vm.request(4, "tok2"), Step::Pause);
+}
+
+#[test]
+fn another_worker_finds_the_answer_in_shared_data() {
+    let mut first = Vm::plain();
+    first.request(1, "tok");
+    first.answer(first.last_token(), MockAnswer::json(&active(SUB)));
+    // A second VM (another worker) with the same shared data: a hit without a callout.
+    let mut second = Vm::plain();
+    second.host.shared = first.host.shared.clone();
+    let step = second.request(1, "tok");
+    let Step::Verdict(verdict) = &step else {
+        panic!("paused")
+    };
+    assert_eq!(allowed_sub(verdict), Some(SUB));
+    assert!(second.host.dispatched.is_empty());
+    // Then from its own memory.
+    second.host.shared.clear();
+    assert!(matches!(
+        second.request(2, "tok"),
+        Step::Verdict(Verdict::Allow { .. })
+    ));
+}
+
+#[test]
+fn a_request_that_may_wait_reads_its_request_id_for_the_log() {
+    let mut vm = Vm::plain();
+    vm.host.dispatch_fails = true;
+    vm.request_with(
+        1,
+        &[
+            ("authorization", b"Bearer tok"),
+            ("x-request-id", b"req-42"),
+        ],
+    );
+    // Authorization, then x-request-id (the 503 is logged with it).
+    assert_eq!(vm.host.header_reads.get(), 2);
 }
 
 #[test]
@@ -540,13 +633,31 @@ fn a_malformed_authorization_is_400_without_a_callout() {
             ("authorization", b"Bearer b"),
         ],
     );
+    // The hit path reads `Authorization` alone, and gets the fields joined with `,` (as
+    // Envoy hands them over): not a b64token, still a 400.
+    assert_eq!(status(&step), 400);
+    assert_eq!(step_details(&step), "introspection_malformed_not_b64token");
+    assert_eq!(vm.host.map_reads.get(), 0);
+    let step = vm.request_with(2, &[("authorization", b"Basic dXNlcjpwYXNz")]);
+    assert_eq!(step_details(&step), "introspection_malformed_not_bearer");
+    assert!(vm.host.dispatched.is_empty());
+
+    // A configuration that reads the whole header map sees both fields.
+    let mut vm = Vm::new(config(
+        json!({"claim_headers": {"client_id": "x-token-client-id"}}),
+    ));
+    let step = vm.request_with(
+        1,
+        &[
+            ("authorization", b"Bearer a"),
+            ("authorization", b"Bearer b"),
+        ],
+    );
     assert_eq!(status(&step), 400);
     assert_eq!(
         step_details(&step),
         "introspection_malformed_several_headers"
     );
-    let step = vm.request_with(2, &[("authorization", b"Basic dXNlcjpwYXNz")]);
-    assert_eq!(step_details(&step), "introspection_malformed_not_bearer");
     assert!(vm.host.dispatched.is_empty());
 }
 

@@ -263,6 +263,22 @@ pub fn render_envoy_config(
     render::render(template, &params, &[]).unwrap_or_else(|e| panic!("render: {e}"))
 }
 
+/// A rendered configuration whose listeners let header names with `_` through.
+pub fn allow_underscores(config: &str) -> String {
+    let mut doc: Value = serde_json::from_str(config).expect("a rendered configuration");
+    let listeners = doc
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .expect("listeners");
+    for listener in listeners {
+        let hcm = listener
+            .pointer_mut("/filter_chains/0/filters/0/typed_config")
+            .expect("an http_connection_manager");
+        hcm["common_http_protocol_options"]["headers_with_underscores_action"] = json!("ALLOW");
+    }
+    doc.to_string()
+}
+
 /// The shipped template.
 pub fn template() -> String {
     fs::read_to_string(root().join("envoy/envoy.yaml.in")).expect("envoy/envoy.yaml.in")
@@ -411,6 +427,9 @@ pub struct StackOptions {
     pub jwks_down_at_start: bool,
     /// The SR's client secret; default a fresh one per run.
     pub client_secret: Option<String>,
+    /// Let header names with `_` through (the shipped template drops them), so that only the
+    /// filter stands between a forged `x_user_sub` and the SR.
+    pub underscores_allowed: bool,
 }
 
 impl Default for StackOptions {
@@ -421,6 +440,7 @@ impl Default for StackOptions {
             plugin: json!({}),
             jwks_down_at_start: false,
             client_secret: None,
+            underscores_allowed: false,
         }
     }
 }
@@ -459,7 +479,10 @@ impl Stack {
         if options.jwks_down_at_start {
             auth.admin("/_mock/jwks", json!({ "available": false }));
         }
-        let config = render_envoy_config(&template(), sr.port, auth.port, &plugin);
+        let mut config = render_envoy_config(&template(), sr.port, auth.port, &plugin);
+        if options.underscores_allowed {
+            config = allow_underscores(&config);
+        }
         let envoy = Envoy::start_with_env(
             &dir,
             &config,
