@@ -16,8 +16,8 @@
 use crate::answer::{fault_answer, JSON};
 use crate::clients::{authenticate, FormParams, OAuthError};
 use crate::routes::{
-    describe, header_text, missing_token, oauth_error, read_form, respond, revoke, AppState,
-    NO_STORE,
+    header_text, missing_token, oauth_error, receive_introspection, respond, revoke, AppState,
+    Introspection, NO_STORE,
 };
 use crate::util::now_secs;
 use axum::body::Bytes;
@@ -139,25 +139,18 @@ async fn keys(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
 }
 
 async fn introspect(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    st.introspections.fetch_add(1, Ordering::Relaxed);
-    let params = match read_form(&headers, &body, INTROSPECT_PATH) {
-        Ok(params) => params,
+    let Introspection {
+        auth,
+        has_token,
+        record,
+    } = match receive_introspection(&st, &headers, &body, INTROSPECT_PATH) {
+        Ok(received) => received,
         Err(error) => return oauth_error(&error),
     };
-    let authorization = header_text(&headers, AUTHORIZATION);
-    let auth = authenticate(&st.clients, authorization.as_deref(), &params);
-    let token = params.get("token");
-    let record = token.and_then(|token| {
-        let presented = auth.as_ref().ok().map(|(c, m)| (*c, *m));
-        let last = describe(&headers, &params, authorization.as_deref(), presented);
-        st.store()
-            .record_introspection(token, last, auth.is_ok())
-            .record
-    });
     if let Err(error) = auth {
         return oauth_error(&error);
     }
-    if token.is_none() {
+    if !has_token {
         return oauth_error(&missing_token());
     }
     if let Some(ms) = record.as_ref().and_then(|r| r.delay_ms) {

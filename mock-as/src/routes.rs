@@ -6,7 +6,7 @@ use crate::clients::{
 };
 use crate::jws::SignatureCache;
 use crate::keys::{KeyPair, KeySet};
-use crate::store::{LastRequest, Store, Tamper};
+use crate::store::{LastRequest, Store, Tamper, TokenRecord};
 use crate::util::now_secs;
 use crate::wire::{self, Ending, Script, Takeover};
 use axum::body::{Body, Bytes};
@@ -377,34 +377,61 @@ async fn jwks(State(st): State<Arc<AppState>>) -> Response {
     )
 }
 
+/// An introspection request as both profiles receive it: counted, its form read, its client
+/// authenticated, its token's record fetched and the request noted for `/_mock/last-request`.
+pub(crate) struct Introspection<'a> {
+    pub auth: Result<(&'a Client, AuthMethod), OAuthError>,
+    pub has_token: bool,
+    pub record: Option<TokenRecord>,
+}
+
+/// Receives an introspection request at `path`; `Err`: its form is unreadable.
+pub(crate) fn receive_introspection<'a>(
+    st: &'a AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+) -> Result<Introspection<'a>, OAuthError> {
+    st.introspections.fetch_add(1, Ordering::Relaxed);
+    let params = read_form(headers, body, path)?;
+    let authorization = header_text(headers, AUTHORIZATION);
+    let auth = authenticate(&st.clients, authorization.as_deref(), &params);
+    let token = params.get("token");
+    let record = token.and_then(|token| {
+        let presented = auth.as_ref().ok().map(|(c, m)| (*c, *m));
+        let last = describe(headers, &params, authorization.as_deref(), presented);
+        st.store()
+            .record_introspection(token, last, auth.is_ok())
+            .record
+    });
+    Ok(Introspection {
+        auth,
+        has_token: token.is_some(),
+        record,
+    })
+}
+
 async fn introspect(
     State(st): State<Arc<AppState>>,
     connection: Option<Extension<ConnectInfo<Takeover>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    st.introspections.fetch_add(1, Ordering::Relaxed);
-    let params = match read_form(&headers, &body, INTROSPECTION_PATH) {
-        Ok(params) => params,
+    let Introspection {
+        auth,
+        has_token,
+        record,
+    } = match receive_introspection(&st, &headers, &body, INTROSPECTION_PATH) {
+        Ok(received) => received,
         Err(error) => return oauth_error(&error),
     };
-    let authorization = header_text(&headers, AUTHORIZATION);
-    let auth = authenticate(&st.clients, authorization.as_deref(), &params);
-    let token = params.get("token");
-    let record = token.and_then(|token| {
-        let presented = auth.as_ref().ok().map(|(c, m)| (*c, *m));
-        let last = describe(&headers, &params, authorization.as_deref(), presented);
-        st.store()
-            .record_introspection(token, last, auth.is_ok())
-            .record
-    });
     // Counted (above) before it waits, so a test can see it arrive.
     st.wait_while_held().await;
     let client = match auth {
         Ok((client, _)) => client,
         Err(error) => return oauth_error(&error),
     };
-    if token.is_none() {
+    if !has_token {
         return oauth_error(&missing_token());
     }
     let tamper = record.as_ref().and_then(|r| r.tamper);
