@@ -257,8 +257,8 @@ pub enum VerifyError {
     Expired,
     /// The JWT's own `nbf` is ahead.
     NotYetValid,
-    /// The proxy could not check the signature (its `verify_signature` failed).
-    NativeCheck,
+    /// The proxy could not check the signature (its `verify_signature` failed), and why.
+    NativeCheck(NativeFailure),
 }
 
 impl VerifyError {
@@ -282,7 +282,7 @@ impl VerifyError {
             VerifyError::Crit => "jwt_crit",
             VerifyError::Expired => "jwt_exp",
             VerifyError::NotYetValid => "jwt_nbf",
-            VerifyError::NativeCheck => "jwt_native_check",
+            VerifyError::NativeCheck(_) => "jwt_native_check",
         }
     }
 
@@ -308,7 +308,7 @@ impl VerifyError {
             VerifyError::Crit => "JWS has a critical header parameter this verifier ignores",
             VerifyError::Expired => "JWS exp is past",
             VerifyError::NotYetValid => "JWS nbf is ahead",
-            VerifyError::NativeCheck => "the proxy could not check the JWS signature",
+            VerifyError::NativeCheck(_) => "the proxy could not check the JWS signature",
         }
     }
 }
@@ -574,7 +574,7 @@ fn native<T: serde::de::DeserializeOwned>(
     };
     let checked = algorithm.validator::<T>(spki).validate(token);
     match algorithm.failure.get() {
-        Some(_) => Err(VerifyError::NativeCheck),
+        Some(failure) => Err(VerifyError::NativeCheck(failure)),
         None => Ok(checked),
     }
 }
