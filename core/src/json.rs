@@ -43,7 +43,21 @@ pub fn check_strict(bytes: &[u8]) -> Result<(), JsonError> {
     }
 }
 
-struct Strict(Value);
+/// A JSON value read strictly, for fields of a type another parser reads: deserializing it
+/// fails with an error whose text starts with [`is_duplicate`]'s prefix when an object in it
+/// holds the same member twice.
+pub struct Strict(pub Value);
+
+/// Whether a deserialization error (its text) is a duplicated member found by [`Strict`],
+/// [`Checked`] or a derived `Deserialize` (serde's own "duplicate field").
+pub fn is_duplicate(error: &impl fmt::Display) -> bool {
+    error.to_string().starts_with("duplicate")
+}
+
+/// The error for a duplicated member (recognised by [`is_duplicate`]).
+pub fn refuse_duplicate<E: de::Error>() -> E {
+    E::custom(DUPLICATE)
+}
 
 impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -112,7 +126,8 @@ impl<'de> Visitor<'de> for StrictVisitor {
 /// Walks a value without keeping it; objects keep only their keys, to find a repeated one.
 struct CheckVisitor;
 
-struct Checked;
+/// A JSON value walked strictly and dropped (see [`Strict`]).
+pub struct Checked;
 
 impl<'de> Deserialize<'de> for Checked {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -121,7 +136,7 @@ impl<'de> Deserialize<'de> for Checked {
 }
 
 /// A member name, borrowed from the input unless it holds escapes.
-struct Key<'de>(Cow<'de, str>);
+pub struct Key<'de>(pub Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
