@@ -98,6 +98,7 @@ rules-check:
 # The benchmark (bench/README.md): wrk from Debian, matplotlib in .venv, then bench/run.py.
 bench: build envoy
 	@command -v wrk >/dev/null 2>&1 || (apt-get update && apt-get install -y wrk)
+	@command -v valgrind >/dev/null 2>&1 || (apt-get update && $(APT_INSTALL) valgrind)
 	@[ -x .venv/bin/python ] || python3 -m venv .venv
 	@.venv/bin/pip install --quiet --disable-pip-version-check matplotlib
 	ENVOY="$(ENVOY)" .venv/bin/python bench/run.py --wasm "$(CURDIR)/$(WASM)" --bin-dir "$(CURDIR)/target/release"

