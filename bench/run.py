@@ -719,7 +719,7 @@ def native_envoy(cmd):
 
 
 # Rows whose Envoy instructions per request are counted, and the headers of their requests.
-INSTRUCTION_ROWS = ("baseline", "hit", "miss", "miss-rs256", "miss-es256")
+INSTRUCTION_ROWS = ("baseline", "hit", "miss", "miss-rs256", "miss-es256", "miss-hs256")
 
 
 def measure_instructions(ctx, n=300, warm=100):
