@@ -979,6 +979,7 @@ def evaluate_targets(data):
         ratio = h["rps"] / b["rps"] if b["rps"] else 0
         add(ratio >= 0.90 and not h["problems"] and not b["problems"],
             f"cache hit ≥ 0.90 × baseline throughput: {h['rps']:.0f} vs {b['rps']:.0f} req/s = {ratio:.2f}")
+    if b and h:
         if h["p99_ms"] is not None and b["p99_ms"] is not None:
             diff = h["p99_ms"] - b["p99_ms"]
             add(diff <= 0.5, f"hit p99 within 0.5 ms of baseline p99: {h['p99_ms']:.2f} vs {b['p99_ms']:.2f} ms "
