@@ -5,6 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 WASM_RAW := target/$(WASM_TARGET)/wasm/introspection_filter.wasm
+WASM_STRIPPED := target/$(WASM_TARGET)/wasm/introspection_filter.exports.wasm
 # The shipped filter: cargo's output shrunk by binaryen's wasm-opt (from the npm registry).
 WASM := target/introspection_filter.wasm
 BINARYEN_VERSION := 132.0.0
@@ -43,17 +44,20 @@ envoy:
 	fi
 	@$(ENVOY) --version | grep -o 'version: [^ ]*' || { echo "Envoy not usable: $(ENVOY)"; exit 1; }
 
-# The filter: release, size-optimised (profile `wasm` in Cargo.toml), then wasm-opt -Oz.
-# Without npm the unoptimised module is used as is (about 15% larger), with a warning.
+# The filter: release, size-optimised (profile `wasm` in Cargo.toml), exports cut to the
+# callbacks the filter implements (src/exports.txt: Envoy enters the VM for each exported one),
+# then wasm-opt -Oz. Without npm the unoptimised module is used as is (about 15% larger), with a
+# warning.
 wasm: wasm-target
 	$(CARGO) build -p introspection-filter --target $(WASM_TARGET) --profile wasm
+	python3 scripts/wasm_exports.py strip src/exports.txt $(WASM_RAW) $(WASM_STRIPPED)
 	@if [ ! -x $(WASM_OPT) ] && command -v npm >/dev/null 2>&1; then \
 		npm install --prefix .tools --no-audit --no-fund --silent binaryen@$(BINARYEN_VERSION) || true; \
 	fi
 	@if [ -x $(WASM_OPT) ]; then \
-		$(WASM_OPT) -Oz $(WASM_FEATURES) --strip-debug --strip-producers $(WASM_RAW) -o $(WASM); \
+		$(WASM_OPT) -Oz $(WASM_FEATURES) --strip-debug --strip-producers $(WASM_STRIPPED) -o $(WASM); \
 	else \
-		echo "warning: wasm-opt unavailable, shipping the unoptimised module"; cp $(WASM_RAW) $(WASM); \
+		echo "warning: wasm-opt unavailable, shipping the unoptimised module"; cp $(WASM_STRIPPED) $(WASM); \
 	fi
 	@ls -l $(WASM) | awk '{print "filter size: " $$5 " bytes"}'
 
