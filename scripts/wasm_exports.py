@@ -6,7 +6,6 @@ network filters, gRPC...). Envoy skips a callback the module does not export, bu
 exported one on every request even when it does nothing: each call is an entry into the VM.
 
     wasm_exports.py strip KEEP IN OUT   rewrite IN's export section to the names listed in KEEP
-    wasm_exports.py list WASM           print WASM's exports, one per line
 
 KEEP holds one export name per line; `#` starts a comment. `strip` refuses a KEEP that names
 an export IN does not have (a renamed SDK callback would otherwise vanish silently).
@@ -48,7 +47,7 @@ def leb(value):
 
 
 def sections(data):
-    """(id, start of the payload, end of the payload) of each section."""
+    """(id, start of the section, start of its payload, end) of each section."""
     if not data.startswith(MAGIC):
         raise WasmError("not a wasm module (version 1)")
     pos = len(MAGIC)
@@ -79,13 +78,6 @@ def parse_exports(payload):
     if pos != len(payload):
         raise WasmError("trailing bytes in the export section")
     return entries
-
-
-def exports(data):
-    for sid, _, start, end in sections(data):
-        if sid == EXPORT_SECTION:
-            return [name for name, _ in parse_exports(data[start:end])]
-    return []
 
 
 def strip(data, keep):
@@ -127,10 +119,6 @@ def main(argv):
             stripped = strip(data, set(read_keep(keep)))
             with open(dst, "wb") as f:
                 f.write(stripped)
-            return 0
-        if len(argv) == 2 and argv[0] == "list":
-            with open(argv[1], "rb") as f:
-                print("\n".join(exports(f.read())))
             return 0
     except (OSError, WasmError, UnicodeDecodeError) as e:
         print(f"wasm_exports: {e}", file=sys.stderr)
