@@ -166,11 +166,8 @@ impl HttpContext for Request {
         let step = with_gate(vm, |gate, host| gate.on_request_trailers(self.id, host));
         match step {
             Trailers::Strip { remove, hold } => {
-                for name in &remove {
-                    if let Err(status) = host::remove_header(MapType::HttpRequestTrailers, name) {
-                        let e = HostError::Status(status as u32);
-                        return apply(vm, self.id, fail_allow(vm, self.id, e), false);
-                    }
+                if let Err(e) = remove_all(MapType::HttpRequestTrailers, &remove) {
+                    return apply(vm, self.id, fail_allow(vm, self.id, e), false);
                 }
                 if hold {
                     Action::Pause
@@ -242,13 +239,18 @@ fn fail_allow(vm: &VmRef, id: u32, e: HostError) -> Verdict {
     with_gate(vm, |gate, host| gate.allow_failed(id, e, host))
 }
 
-fn edit_headers(remove: &[Rc<str>], set: &[(String, String)]) -> Result<(), HostError> {
-    let failed = |s| HostError::Status(s as u32);
+/// Removes every field named in `remove` from a request's headers or trailers.
+fn remove_all<N: AsRef<str>>(map: MapType, remove: &[N]) -> Result<(), HostError> {
     for name in remove {
-        host::remove_header(MapType::HttpRequestHeaders, name).map_err(failed)?;
+        host::remove_header(map, name.as_ref()).map_err(|s| HostError::Status(s as u32))?;
     }
+    Ok(())
+}
+
+fn edit_headers(remove: &[Rc<str>], set: &[(String, String)]) -> Result<(), HostError> {
+    remove_all(MapType::HttpRequestHeaders, remove)?;
     for (name, value) in set {
-        host::set_request_header(name, value).map_err(failed)?;
+        host::set_request_header(name, value).map_err(|s| HostError::Status(s as u32))?;
     }
     Ok(())
 }
