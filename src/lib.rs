@@ -129,12 +129,18 @@ impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
         deliver(self.vm.as_ref(), self.id, token, headers, body);
     }
+}
 
-    fn on_done(&mut self) -> bool {
+/// The request is over: the gate forgets it (and a callout it owned). The SDK drops the context
+/// when Envoy deletes it (`proxy_on_delete`, right after `proxy_on_done` when the stream is
+/// destroyed), so `on_done` is not implemented: exporting `proxy_on_done` would cost a VM entry
+/// on every request. Like `on_done`, this runs while the SDK holds its map of contexts; the gate
+/// makes no call that re-enters the VM.
+impl Drop for Request {
+    fn drop(&mut self) {
         if let Some(vm) = &self.vm {
             with_gate(vm, |gate, host| gate.on_done(self.id, host));
         }
-        true
     }
 }
 

@@ -88,8 +88,14 @@ fn the_module_exports_exactly_the_listed_names() {
         "proxy_on_response_headers",
         "proxy_on_response_body",
         "proxy_on_log",
+        "proxy_on_done",
     ] {
         assert!(!exported.contains(not_needed), "{not_needed} is exported");
+    }
+    // The SDK creates and drops each request's context on these; the gate forgets a request
+    // when its context is dropped.
+    for needed in ["proxy_on_context_create", "proxy_on_delete"] {
+        assert!(exported.contains(needed), "{needed} is not exported");
     }
 }
 
@@ -126,7 +132,10 @@ fn every_callback_the_adapter_implements_is_listed() {
     }
     // The request's own callbacks, the callouts, the timer and the configuration.
     assert_eq!(
-        implemented, 8,
-        "src/lib.rs implements another set of callbacks than the 8 listed"
+        implemented, 7,
+        "src/lib.rs implements another set of callbacks than the 7 listed"
     );
+    // A request's end reaches the gate from the context's drop, at `proxy_on_delete`.
+    assert!(source.contains("impl Drop for Request"));
+    assert!(listed.contains("proxy_on_delete"));
 }
