@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::claims::{unix_seconds, Claims};
 pub use crate::config::CachePolicy;
 use crate::config::{Config, Identity, Policy};
+use crate::decision::Remembered;
 
 /// Until when an answer with these claims may be served from the cache (unix seconds),
 /// or `None` if it must not be stored. `claims` are verified claims.
@@ -256,11 +257,21 @@ const HEADER: usize = 1 + 32 + 8 + 32;
 /// aim probes at another user's entry.
 #[derive(Debug)]
 pub struct LocalCache {
-    entries: std::collections::HashMap<Box<str>, (i64, std::rc::Rc<Claims>)>,
+    entries: std::collections::HashMap<Box<str>, LocalEntry>,
     capacity: usize,
     /// Token bytes held, and the most allowed.
     bytes: usize,
     max_bytes: usize,
+}
+
+/// One token's verified claims in a VM's own memory, and the last `Allow` made on them.
+#[derive(Debug)]
+pub struct LocalEntry {
+    expires_at: i64,
+    pub claims: std::rc::Rc<Claims>,
+    /// The headers of the policy's last `Allow` on these claims, for one rule: a hit on the same
+    /// rule within its window reuses them instead of evaluating the policy again.
+    pub remembered: Option<Remembered>,
 }
 
 /// Token bytes a VM's local cache may hold (a bound on its memory whatever the tokens' size).
@@ -281,12 +292,11 @@ impl LocalCache {
         }
     }
 
-    /// The claims for this token, if still valid at `now`.
-    pub fn get(&self, token: &str, now: i64) -> Option<std::rc::Rc<Claims>> {
-        match self.entries.get(token) {
-            Some((expires_at, claims)) if *expires_at > now => Some(claims.clone()),
-            _ => None,
-        }
+    /// The entry for this token, if still valid at `now`.
+    pub fn get(&mut self, token: &str, now: i64) -> Option<&mut LocalEntry> {
+        self.entries
+            .get_mut(token)
+            .filter(|entry| entry.expires_at > now)
     }
 
     /// Keeps claims for `token` until `expires_at`. When full (entries or bytes), expired
@@ -296,8 +306,13 @@ impl LocalCache {
         if self.capacity == 0 || expires_at <= now || token.len() > self.max_bytes {
             return;
         }
-        if let Some(entry) = self.entries.get_mut(token) {
-            *entry = (expires_at, claims);
+        let entry = LocalEntry {
+            expires_at,
+            claims,
+            remembered: None,
+        };
+        if let Some(slot) = self.entries.get_mut(token) {
+            *slot = entry;
             return;
         }
         let full = |c: &LocalCache| {
@@ -311,14 +326,14 @@ impl LocalCache {
             }
         }
         self.bytes = self.bytes.saturating_add(token.len());
-        self.entries.insert(token.into(), (expires_at, claims));
+        self.entries.insert(token.into(), entry);
     }
 
     /// Drops every entry expired at `now`: their tokens leave the VM's memory.
     pub fn purge(&mut self, now: i64) {
         let mut freed = 0usize;
-        self.entries.retain(|token, (e, _)| {
-            let keep = *e > now;
+        self.entries.retain(|token, entry| {
+            let keep = entry.expires_at > now;
             if !keep {
                 freed = freed.saturating_add(token.len());
             }

@@ -224,6 +224,49 @@ pub fn evaluate(
     Decision::Allow(headers)
 }
 
+/// An `Allow` of [`evaluate`] remembered with the claims it was made on, for one rule (`None`:
+/// the top-level requirements). The policy and the claims fixed, `evaluate` reads the time only
+/// in two checks: after the `nbf`, before the expiry claim. So within that window it gives
+/// these same headers again, and outside it a denial: [`Remembered::headers`] answers for the
+/// window, and `None` sends the caller back to `evaluate`. A worker's hits on one token skip
+/// the policy's work; nothing is remembered across a change of configuration (a new VM state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    rule: Option<usize>,
+    not_before: Option<i64>,
+    expires: Option<i64>,
+    headers: Vec<(String, String)>,
+}
+
+impl Remembered {
+    /// Remembers `headers`, what `evaluate` allowed with on `claims` under `rule`. `None` if a
+    /// time claim is there but unreadable (`evaluate` never allows such claims).
+    pub fn new(
+        policy: &Policy,
+        claims: &Claims,
+        rule: Option<usize>,
+        headers: Vec<(String, String)>,
+    ) -> Option<Remembered> {
+        let time = |name: &str| match claims.get(name) {
+            None => Some(None),
+            Some(v) => unix_seconds(v).map(Some),
+        };
+        Some(Remembered {
+            rule,
+            not_before: time("nbf")?,
+            expires: time(&policy.expiry_claim)?,
+            headers,
+        })
+    }
+
+    /// The headers `evaluate` allows with under `rule` at `now`, if they are these.
+    pub fn headers(&self, rule: Option<usize>, now: i64) -> Option<&[(String, String)]> {
+        let timely = self.not_before.is_none_or(|nbf| nbf <= now)
+            && self.expires.is_none_or(|exp| exp > now);
+        (self.rule == rule && timely).then_some(self.headers.as_slice())
+    }
+}
+
 /// A header value every HTTP parser reads as exactly these characters: no control characters
 /// (CR, LF, NUL... could split or truncate headers) and no leading or trailing white space
 /// (parsers strip it, so `" alice "` would reach the upstream as `alice`).
@@ -413,5 +456,41 @@ mod tests {
 
         a.insert("groups".into(), json!({"x": 1}));
         assert_eq!(evaluate_with(&c, &a, NOW).kind(), "unavailable");
+    }
+
+    /// A remembered allow answers exactly as `evaluate` would, at every time around its
+    /// window: the same headers inside, nothing (so `evaluate`, which denies) outside.
+    #[test]
+    fn a_remembered_allow_is_what_evaluate_gives_at_every_time() {
+        let c = config(json!({"claim_headers": {"exp": "x-token-exp"}}));
+        let mut with_nbf = proconnect_active();
+        with_nbf.insert("nbf".into(), json!(NOW - 10));
+        let mut no_exp = proconnect_active();
+        no_exp.remove("exp");
+        let mut string_times = proconnect_active();
+        string_times.insert("exp".into(), json!("1790000200"));
+        string_times.insert("nbf".into(), json!("1790000050"));
+        for claims in [proconnect_active(), with_nbf, no_exp, string_times] {
+            let Decision::Allow(headers) = evaluate_with(&c, &claims, NOW) else {
+                panic!("not allowed")
+            };
+            let memo = Remembered::new(&c.policy, &claims, None, headers).unwrap();
+            for now in (NOW - 200..NOW + 3_700)
+                .step_by(7)
+                .chain([1_790_003_599, 1_790_003_600])
+            {
+                let fresh = evaluate_with(&c, &claims, now);
+                match memo.headers(None, now) {
+                    Some(h) => assert_eq!(fresh, Decision::Allow(h.to_vec()), "at {now}"),
+                    None => assert_ne!(fresh.kind(), "allow", "at {now}"),
+                }
+            }
+            // Another rule's requirements: evaluated afresh.
+            assert_eq!(memo.headers(Some(0), NOW), None);
+        }
+        // A time claim `evaluate` cannot read is never remembered.
+        let mut odd = proconnect_active();
+        odd.insert("nbf".into(), json!("soon"));
+        assert_eq!(Remembered::new(&c.policy, &odd, None, Vec::new()), None);
     }
 }

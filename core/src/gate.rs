@@ -25,7 +25,7 @@ use crate::bearer::{self, Credentials};
 use crate::cache::{self, CacheKey, CacheKeys, LocalCache};
 use crate::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
 use crate::config::{Config, KeySource, SignatureCheck};
-use crate::decision::{self, Claims, Decision, Denial};
+use crate::decision::{self, Claims, Decision, Denial, Remembered};
 use crate::discovery::{self, Endpoints};
 use crate::fault::{Fault, HostError};
 use crate::floodlog::{loggable_request_id, FloodLog};
@@ -518,8 +518,32 @@ impl Gate {
         //    the cache shared by all workers. The policy is applied to it afresh.
         let enabled = config.cache.enabled();
         if enabled {
-            if let Some(claims) = self.local.get(&token, now) {
-                return self.hit(&mut who, remove, &claims, now, host);
+            if let Some(entry) = self.local.get(&token, now) {
+                host.count(Counter::CacheHit);
+                let remembered = entry.remembered.as_ref();
+                let decision = match remembered.and_then(|r| r.headers(who.rule, now)) {
+                    Some(headers) => Decision::Allow(headers.to_vec()),
+                    None => {
+                        let requirements = requirements(&config, who.rule);
+                        let decision = decision::evaluate(
+                            &config.policy,
+                            requirements,
+                            &config.identity,
+                            &entry.claims,
+                            now,
+                        );
+                        if let Decision::Allow(headers) = &decision {
+                            entry.remembered = Remembered::new(
+                                &config.policy,
+                                &entry.claims,
+                                who.rule,
+                                headers.clone(),
+                            );
+                        }
+                        decision
+                    }
+                };
+                return self.decided(&mut who, remove, decision, host);
             }
         }
         let key = self
@@ -602,6 +626,17 @@ impl Gate {
     ) -> Step {
         host.count(Counter::CacheHit);
         let decision = self.decide(who, claims, now);
+        self.decided(who, remove, decision, host)
+    }
+
+    /// The verdict of a decision made from cached claims.
+    fn decided<H: Host>(
+        &mut self,
+        who: &mut Who,
+        remove: Vec<Rc<str>>,
+        decision: Decision,
+        host: &mut H,
+    ) -> Step {
         if matches!(decision, Decision::Deny(Denial::Unavailable(_))) {
             Gate::request_id(who, host);
         }
@@ -610,13 +645,7 @@ impl Gate {
 
     /// The requirements that apply to a request: its rule's, or the top-level ones.
     fn requirements(&self, rule: Option<usize>) -> &Requirements {
-        match rule
-            .and_then(|i| self.config.rules.get(i))
-            .map(|r| &r.access)
-        {
-            Some(Access::Protected(requirements)) => requirements,
-            _ => &self.config.policy.requirements,
-        }
+        requirements(&self.config, rule)
     }
 
     /// The policy's decision for this request on these claims.
@@ -1233,6 +1262,14 @@ impl Gate {
             }
             _ => {}
         }
+    }
+}
+
+/// The requirements that apply to a request: its rule's, or the top-level ones.
+fn requirements(config: &Config, rule: Option<usize>) -> &Requirements {
+    match rule.and_then(|i| config.rules.get(i)).map(|r| &r.access) {
+        Some(Access::Protected(requirements)) => requirements,
+        _ => &config.policy.requirements,
     }
 }
 

@@ -1109,6 +1109,62 @@ fn a_rule_with_its_own_scopes_any_of_and_clients() {
     );
 }
 
+/// A worker's hits reuse the policy's last allow on a token only for the same rule: the same
+/// token on a route with stricter requirements is judged afresh, every time.
+#[test]
+fn a_remembered_allow_serves_only_its_own_rule() {
+    let mut vm = ruled();
+    request_at(&mut vm, 1, "GET", "/api/users/me", Some("tok-user"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "openid", "fs"));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    for round in 0..3 {
+        let id = 10 + round * 10;
+        for (offset, path) in [(0, "/api/users/me"), (1, "/api/users/me")] {
+            let step = request_at(&mut vm, id + offset, "GET", path, Some("tok-user"));
+            let Step::Verdict(verdict) = &step else {
+                panic!("paused")
+            };
+            assert_eq!(allowed_sub(verdict), Some(SUB), "round {round}");
+        }
+        let step = request_at(&mut vm, id + 2, "GET", "/api/admin/users", Some("tok-user"));
+        assert_eq!(
+            step_details(&step),
+            "introspection_invalid_token_client_not_accepted"
+        );
+    }
+    assert_eq!(vm.host.dispatched.len(), 1, "every later request was a hit");
+    assert_eq!(vm.host.counter("introspection.cache.hit"), 9);
+}
+
+/// A remembered allow holds only while the time checks it passed still pass: a clock that steps
+/// back before the answer's `nbf` gets the denial `evaluate` gives, then the allow again.
+#[test]
+fn a_remembered_allow_follows_the_clock_back_before_nbf() {
+    let mut vm = Vm::plain();
+    vm.request(1, "tok-nbf");
+    let body = json!({"active": true, "sub": SUB, "exp": NOW + 600, "nbf": NOW - 5,
+        "token_type": "Bearer"});
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&body.to_string()));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    for id in 2..4 {
+        let Step::Verdict(verdict) = vm.request(id, "tok-nbf") else {
+            panic!("paused")
+        };
+        assert_eq!(allowed_sub(&verdict), Some(SUB));
+    }
+    vm.host.now = Some(NOW - 10);
+    assert_eq!(
+        step_details(&vm.request(4, "tok-nbf")),
+        "introspection_invalid_token_not_yet_valid"
+    );
+    vm.host.now = Some(NOW);
+    let Step::Verdict(verdict) = vm.request(5, "tok-nbf") else {
+        panic!("paused")
+    };
+    assert_eq!(allowed_sub(&verdict), Some(SUB));
+    assert_eq!(vm.host.dispatched.len(), 1);
+}
+
 #[test]
 fn unmatched_requests_get_the_top_level_requirements() {
     let mut vm = ruled();
