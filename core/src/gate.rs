@@ -22,7 +22,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 
 use crate::bearer::{self, Credentials};
-use crate::cache::{self, CacheKey, CacheKeys, LocalCache};
+use crate::cache::{self, CacheKey, CacheKeys, LocalCache, LocalEntry};
 use crate::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
 use crate::config::{Config, KeySource, SignatureCheck};
 use crate::decision::{self, Claims, Decision, Denial, Remembered};
@@ -515,34 +515,13 @@ impl Gate {
         };
 
         // 4. A cached answer: this VM's own memory first (keyed by the token: no HMAC), then
-        //    the cache shared by all workers. The policy is applied to it afresh.
+        //    the cache shared by all workers. The policy is applied to it afresh (a worker's own
+        //    entry reuses its last allow for the same rule while that allow holds).
         let enabled = config.cache.enabled();
         if enabled {
             if let Some(entry) = self.local.get(&token, now) {
                 host.count(Counter::CacheHit);
-                let remembered = entry.remembered.as_ref();
-                let decision = match remembered.and_then(|r| r.headers(who.rule, now)) {
-                    Some(headers) => Decision::Allow(headers.to_vec()),
-                    None => {
-                        let requirements = requirements(&config, who.rule);
-                        let decision = decision::evaluate(
-                            &config.policy,
-                            requirements,
-                            &config.identity,
-                            &entry.claims,
-                            now,
-                        );
-                        if let Decision::Allow(headers) = &decision {
-                            entry.remembered = Remembered::new(
-                                &config.policy,
-                                &entry.claims,
-                                who.rule,
-                                headers.clone(),
-                            );
-                        }
-                        decision
-                    }
-                };
+                let decision = decide_local(&config, entry, who.rule, now);
                 return self.decided(&mut who, remove, decision, host);
             }
         }
@@ -1263,6 +1242,31 @@ impl Gate {
             _ => {}
         }
     }
+}
+
+/// The policy's decision on an entry of the worker's own cache: its remembered allow while that
+/// holds for this rule and time (see [`Remembered`]), else `evaluate`, remembering a new allow.
+fn decide_local(
+    config: &Config,
+    entry: &mut LocalEntry,
+    rule: Option<usize>,
+    now: i64,
+) -> Decision {
+    if let Some(headers) = entry.remembered.as_ref().and_then(|r| r.headers(rule, now)) {
+        return Decision::Allow(headers.to_vec());
+    }
+    let requirements = requirements(config, rule);
+    let decision = decision::evaluate(
+        &config.policy,
+        requirements,
+        &config.identity,
+        &entry.claims,
+        now,
+    );
+    if let Decision::Allow(headers) = &decision {
+        entry.remembered = Remembered::new(&config.policy, &entry.claims, rule, headers.clone());
+    }
+    decision
 }
 
 /// The requirements that apply to a request: its rule's, or the top-level ones.
