@@ -475,10 +475,13 @@ mod tests {
                 panic!("not allowed")
             };
             let memo = Remembered::new(&c.policy, &claims, None, headers).unwrap();
-            for now in (NOW - 200..NOW + 3_700)
-                .step_by(7)
-                .chain([1_790_003_599, 1_790_003_600])
-            {
+            // Every second around each of the answer's times, and a sweep in between.
+            let edges: Vec<i64> = ["nbf", "exp"]
+                .iter()
+                .filter_map(|name| claims.get(*name).and_then(unix_seconds))
+                .flat_map(|t| t - 2..=t + 2)
+                .collect();
+            for now in (NOW - 200..NOW + 3_700).step_by(7).chain(edges) {
                 let fresh = evaluate_with(&c, &claims, now);
                 match memo.headers(None, now) {
                     Some(h) => assert_eq!(fresh, Decision::Allow(h.to_vec()), "at {now}"),

@@ -1136,6 +1136,46 @@ fn a_remembered_allow_serves_only_its_own_rule() {
     assert_eq!(vm.host.counter("introspection.cache.hit"), 9);
 }
 
+/// A token introspected again once its cached entry expired gets the new answer, not the allow
+/// remembered for the old one: the entry is replaced whole.
+#[test]
+fn a_reintrospected_token_gets_its_new_answer_not_the_remembered_allow() {
+    let mut vm = Vm::new(config(
+        json!({"cache": {"max_ttl_secs": 10, "inactive_ttl_secs": 30}}),
+    ));
+    let hit = |vm: &mut Vm, id: u32| match vm.request(id, "tok-again") {
+        Step::Verdict(verdict) => verdict,
+        Step::Pause => panic!("paused"),
+    };
+    vm.request(1, "tok-again");
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    for id in 2..4 {
+        assert_eq!(allowed_sub(&hit(&mut vm, id)), Some(SUB));
+    }
+    // Past the cache lifetime, well before the answer's `exp`: asked again, another user.
+    vm.host.now = Some(NOW + 11);
+    assert_eq!(vm.request(4, "tok-again"), Step::Pause);
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(&active("someone-else")));
+    assert_eq!(allowed_sub(&effects[0].1), Some("someone-else"));
+    for id in 5..7 {
+        assert_eq!(allowed_sub(&hit(&mut vm, id)), Some("someone-else"));
+    }
+    // Then revoked: the cached inactive answer is refused, whatever was remembered.
+    vm.host.now = Some(NOW + 22);
+    assert_eq!(vm.request(7, "tok-again"), Step::Pause);
+    let effects = vm.answer(vm.last_token(), MockAnswer::json(r#"{"active":false}"#));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_invalid_token_inactive"
+    );
+    assert_eq!(
+        details(&hit(&mut vm, 8)),
+        "introspection_invalid_token_inactive"
+    );
+    assert_eq!(vm.host.dispatched.len(), 3);
+}
+
 /// A remembered allow holds only while the time checks it passed still pass: a clock that steps
 /// back before the answer's `nbf` gets the denial `evaluate` gives, then the allow again.
 #[test]
