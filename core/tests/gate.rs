@@ -121,6 +121,14 @@ fn status(step: &Step) -> u32 {
     }
 }
 
+/// The user a step lets through, if it is an allow (`None` for a pause or a denial).
+fn step_sub(step: &Step) -> Option<&str> {
+    match step {
+        Step::Verdict(v) => allowed_sub(v),
+        Step::Pause => None,
+    }
+}
+
 fn step_details(step: &Step) -> &str {
     match step {
         Step::Verdict(v) => details(v),
@@ -207,11 +215,7 @@ fn a_hit_reads_authorization_alone_and_needs_no_shared_read_once_in_the_vm() {
     let shared_before = vm.host.shared.clone();
     vm.host.shared.clear(); // a hit from the VM's own memory never reads shared data
     vm.host.header_reads.set(0);
-    let step = vm.request(2, "tok");
-    let Step::Verdict(verdict) = &step else {
-        panic!("paused")
-    };
-    assert_eq!(allowed_sub(verdict), Some(SUB));
+    assert_eq!(step_sub(&vm.request(2, "tok")), Some(SUB));
     assert_eq!(vm.host.map_reads.get(), 0);
     assert_eq!(vm.host.header_reads.get(), 1, "authorization only");
     assert_eq!(vm.host.counter("introspection.cache.hit"), 1);
@@ -229,11 +233,7 @@ fn another_worker_finds_the_answer_in_shared_data() {
     // A second VM (another worker) with the same shared data: a hit without a callout.
     let mut second = Vm::plain();
     second.host.shared = first.host.shared.clone();
-    let step = second.request(1, "tok");
-    let Step::Verdict(verdict) = &step else {
-        panic!("paused")
-    };
-    assert_eq!(allowed_sub(verdict), Some(SUB));
+    assert_eq!(step_sub(&second.request(1, "tok")), Some(SUB));
     assert!(second.host.dispatched.is_empty());
     // Then from its own memory.
     second.host.shared.clear();
@@ -1119,12 +1119,15 @@ fn a_remembered_allow_serves_only_its_own_rule() {
     assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
     for round in 0..3 {
         let id = 10 + round * 10;
-        for (offset, path) in [(0, "/api/users/me"), (1, "/api/users/me")] {
-            let step = request_at(&mut vm, id + offset, "GET", path, Some("tok-user"));
-            let Step::Verdict(verdict) = &step else {
-                panic!("paused")
-            };
-            assert_eq!(allowed_sub(verdict), Some(SUB), "round {round}");
+        for offset in 0..2 {
+            let step = request_at(
+                &mut vm,
+                id + offset,
+                "GET",
+                "/api/users/me",
+                Some("tok-user"),
+            );
+            assert_eq!(step_sub(&step), Some(SUB), "round {round}");
         }
         let step = request_at(&mut vm, id + 2, "GET", "/api/admin/users", Some("tok-user"));
         assert_eq!(
@@ -1143,15 +1146,11 @@ fn a_reintrospected_token_gets_its_new_answer_not_the_remembered_allow() {
     let mut vm = Vm::new(config(
         json!({"cache": {"max_ttl_secs": 10, "inactive_ttl_secs": 30}}),
     ));
-    let hit = |vm: &mut Vm, id: u32| match vm.request(id, "tok-again") {
-        Step::Verdict(verdict) => verdict,
-        Step::Pause => panic!("paused"),
-    };
     vm.request(1, "tok-again");
     let effects = vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
     assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
     for id in 2..4 {
-        assert_eq!(allowed_sub(&hit(&mut vm, id)), Some(SUB));
+        assert_eq!(step_sub(&vm.request(id, "tok-again")), Some(SUB));
     }
     // Past the cache lifetime, well before the answer's `exp`: asked again, another user.
     vm.host.now = Some(NOW + 11);
@@ -1159,7 +1158,7 @@ fn a_reintrospected_token_gets_its_new_answer_not_the_remembered_allow() {
     let effects = vm.answer(vm.last_token(), MockAnswer::json(&active("someone-else")));
     assert_eq!(allowed_sub(&effects[0].1), Some("someone-else"));
     for id in 5..7 {
-        assert_eq!(allowed_sub(&hit(&mut vm, id)), Some("someone-else"));
+        assert_eq!(step_sub(&vm.request(id, "tok-again")), Some("someone-else"));
     }
     // Then revoked: the cached inactive answer is refused, whatever was remembered.
     vm.host.now = Some(NOW + 22);
@@ -1170,7 +1169,7 @@ fn a_reintrospected_token_gets_its_new_answer_not_the_remembered_allow() {
         "introspection_invalid_token_inactive"
     );
     assert_eq!(
-        details(&hit(&mut vm, 8)),
+        step_details(&vm.request(8, "tok-again")),
         "introspection_invalid_token_inactive"
     );
     assert_eq!(vm.host.dispatched.len(), 3);
@@ -1187,10 +1186,7 @@ fn a_remembered_allow_follows_the_clock_back_before_nbf() {
     let effects = vm.answer(vm.last_token(), MockAnswer::json(&body.to_string()));
     assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
     for id in 2..4 {
-        let Step::Verdict(verdict) = vm.request(id, "tok-nbf") else {
-            panic!("paused")
-        };
-        assert_eq!(allowed_sub(&verdict), Some(SUB));
+        assert_eq!(step_sub(&vm.request(id, "tok-nbf")), Some(SUB));
     }
     vm.host.now = Some(NOW - 10);
     assert_eq!(
@@ -1198,10 +1194,7 @@ fn a_remembered_allow_follows_the_clock_back_before_nbf() {
         "introspection_invalid_token_not_yet_valid"
     );
     vm.host.now = Some(NOW);
-    let Step::Verdict(verdict) = vm.request(5, "tok-nbf") else {
-        panic!("paused")
-    };
-    assert_eq!(allowed_sub(&verdict), Some(SUB));
+    assert_eq!(step_sub(&vm.request(5, "tok-nbf")), Some(SUB));
     assert_eq!(vm.host.dispatched.len(), 1);
 }
 
