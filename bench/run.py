@@ -711,8 +711,13 @@ def measure_hit_pairs(ctx, pairs=5, seconds=4):
         errors = b["non2xx"] + b["socket_errors"] + h["non2xx"] + h["socket_errors"]
         out.append({"baseline_rps": b["rps"], "hit_rps": h["rps"], "errors": errors,
                     "ratio": h["rps"] / b["rps"] if b["rps"] else 0.0})
-    ratios = sorted(p["ratio"] for p in out)
-    return {"seconds": seconds, "pairs": out, "median_ratio": statistics.median(ratios),
+    return pair_summary(out, seconds)
+
+
+def pair_summary(pairs, seconds):
+    """Interleaved pairs (each with its `ratio`) and the median, least and greatest ratio."""
+    ratios = sorted(p["ratio"] for p in pairs)
+    return {"seconds": seconds, "pairs": pairs, "median_ratio": statistics.median(ratios),
             "min_ratio": ratios[0], "max_ratio": ratios[-1]}
 
 
@@ -735,9 +740,7 @@ def measure_signed_pairs(ctx, rows, pairs=3, seconds=4):
             runs.append({"miss_rps": rps["miss"][0], "signed_rps": rps[signed][0],
                          "errors": rps["miss"][1] + rps[signed][1],
                          "ratio": rps[signed][0] / rps["miss"][0] if rps["miss"][0] else 0.0})
-        ratios = sorted(p["ratio"] for p in runs)
-        out[signed] = {"seconds": seconds, "pairs": runs, "median_ratio": statistics.median(ratios),
-                       "min_ratio": ratios[0], "max_ratio": ratios[-1]}
+        out[signed] = pair_summary(runs, seconds)
     return out
 
 
