@@ -112,7 +112,7 @@ fmt:
 
 clippy: wasm-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p introspection-filter -p introspection-core --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p introspection-filter -p introspection-core -p introspection-jose -p introspection-jwk --target $(WASM_TARGET) -- -D warnings
 
 lint: fmt clippy
 

@@ -15,7 +15,7 @@ fn keys() -> &'static KeySet {
     static K: OnceLock<KeySet> = OnceLock::new();
     K.get_or_init(|| {
         let vectors: serde_json::Value =
-            serde_json::from_str(include_str!("../../core/tests/fixtures/rfc-vectors.json"))
+            serde_json::from_str(include_str!("../../jose/tests/fixtures/rfc-vectors.json"))
                 .unwrap_or_else(|e| panic!("{e}"));
         let jwks = vectors["rfc7517_a1_public_jwks"].to_string();
         KeySet::from_jwks(jwks.as_bytes()).unwrap_or_else(|e| panic!("{e}"))

@@ -3,15 +3,17 @@
 //! no key are `BadArgument`; an unknown hash name, an unparsable key, a key of another type or a
 //! signature in the wrong form are `Ok` with `result` false and an error message.
 //!
-//! Shared by the unit tests (`#[path]`) and the integration tests (`mod support`).
+//! For the gate's tests (`#[path]`); the check itself is jose/tests/support/boringssl.rs.
 #![allow(dead_code, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 
 use introspection_core::HostError;
-use rsa::pkcs8::DecodePublicKey as _;
-use rsa::{Pkcs1v15Sign, RsaPublicKey};
-use sha2::{Digest, Sha256};
+
+// BoringSSL's check itself, shared with the JWS verifier's unit tests.
+#[path = "../../../jose/tests/support/boringssl.rs"]
+mod boringssl;
+pub use boringssl::check;
 
 const NOT_FOUND: u32 = 1;
 const BAD_ARGUMENT: u32 = 2;
@@ -75,28 +77,6 @@ pub fn verify_signature(function: &str, arguments: &[u8]) -> Result<Vec<u8>, Hos
     }
     let (valid, error) = check(hash, key, signature, text);
     Ok(answer(valid, error))
-}
-
-/// BoringSSL's check as Envoy calls it: whether `signature` over `text` verifies with the DER
-/// key, and the error message when it does not.
-pub fn check(hash: &[u8], key: &[u8], signature: &[u8], text: &[u8]) -> (bool, &'static str) {
-    if hash != b"sha256" {
-        return (false, "unknown hash function");
-    }
-    let digest = Sha256::digest(text);
-    let valid = if let Ok(public) = RsaPublicKey::from_public_key_der(key) {
-        public
-            .verify(Pkcs1v15Sign::new::<Sha256>(), &digest, signature)
-            .is_ok()
-    } else if let Ok(public) = p256::ecdsa::VerifyingKey::from_public_key_der(key) {
-        use p256::ecdsa::signature::Verifier as _;
-        p256::ecdsa::Signature::from_der(signature)
-            .map(|sig| public.verify(text, &sig).is_ok())
-            .unwrap_or(false)
-    } else {
-        return (false, "Failed to import public key");
-    };
-    (valid, if valid { "" } else { "Failed to verify digest" })
 }
 
 /// A proxy whose function says yes to everything.

@@ -7,18 +7,18 @@
 use base64::Engine as _;
 use std::borrow::Cow;
 
-use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa, RsaPublicKey, StrongKey};
+use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa};
 use jwt_compact::{
     Algorithm, AlgorithmExt, AlgorithmSignature, Claims as JwtClaims, UntrustedToken,
     ValidationError,
 };
-use p256::ecdsa::VerifyingKey as EcKey;
-use rsa::BigUint;
 use serde::Deserialize;
 use serde_json::Value;
 
+use introspection_jwk::der;
+pub use introspection_jwk::{KeySet, Spki};
+
 use crate::claims::Claims;
-use crate::der;
 use crate::json::{self, JsonError};
 
 /// The algorithm the SR registered with ProConnect (`introspection_signed_response_alg`).
@@ -42,175 +42,6 @@ impl SigningAlg {
     pub fn uses_jwks(self) -> bool {
         !matches!(self, SigningAlg::HS256)
     }
-}
-
-/// A JWK Set (RFC 7517 §5): only `keys` is read.
-#[derive(Deserialize)]
-struct Jwks {
-    keys: Option<Vec<Value>>,
-}
-
-/// The members of a public JWK (RFC 7517 §4, RFC 7518 §6) needed for RS256 and ES256.
-#[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    kid: Option<String>,
-    #[serde(rename = "use")]
-    usage: Option<String>,
-    alg: Option<String>,
-    crv: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-}
-
-/// One public key of a JWKS: parsed for the checks done in the module, and as the DER
-/// `SubjectPublicKeyInfo` the proxy's own crypto reads, both built once per JWKS.
-#[derive(Clone)]
-struct Entry<K> {
-    kid: Option<String>,
-    key: K,
-    spki: Spki,
-}
-
-/// A DER `SubjectPublicKeyInfo` (RFC 5280 §4.1.2.7).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Spki(Vec<u8>);
-
-impl Spki {
-    pub fn der(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// Public keys parsed once from a JWKS, kept by type.
-#[derive(Default, Clone)]
-pub struct KeySet {
-    rsa: Vec<Entry<RsaPublicKey>>,
-    ec: Vec<Entry<EcKey>>,
-    /// Keys that were skipped (unsupported type, curve, size or use): for logs.
-    pub skipped: usize,
-}
-
-impl std::fmt::Debug for KeySet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySet")
-            .field(
-                "rsa_kids",
-                &self.rsa.iter().map(|e| &e.kid).collect::<Vec<_>>(),
-            )
-            .field(
-                "ec_kids",
-                &self.ec.iter().map(|e| &e.kid).collect::<Vec<_>>(),
-            )
-            .field("skipped", &self.skipped)
-            .finish()
-    }
-}
-
-impl KeySet {
-    /// Parses a JWKS document (`{"keys":[...]}`). Keys that cannot serve for signature
-    /// verification with RS256 or ES256 are skipped, not fatal: a JWKS may hold other keys.
-    pub fn from_jwks(bytes: &[u8]) -> Result<KeySet, &'static str> {
-        let doc: Jwks = serde_json::from_slice(bytes).map_err(|_| "JWKS is not valid JSON")?;
-        let keys = doc.keys.ok_or("JWKS has no `keys` array")?;
-        let mut set = KeySet::default();
-        for key in keys {
-            // Each key on its own: one key of an unknown shape is skipped, not fatal.
-            let added = serde_json::from_value::<Jwk>(key)
-                .ok()
-                .and_then(|jwk| set.add(jwk));
-            if added.is_none() {
-                set.skipped += 1;
-            }
-        }
-        Ok(set)
-    }
-
-    fn add(&mut self, jwk: Jwk) -> Option<()> {
-        if jwk.usage.as_deref().is_some_and(|u| u != "sig") {
-            return None;
-        }
-        let member = |text: &Option<String>| -> Option<Vec<u8>> {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(text.as_deref()?.trim_end_matches('='))
-                .ok()
-        };
-        let alg = jwk.alg.as_deref();
-        match jwk.kty.as_str() {
-            "RSA" => {
-                if alg.is_some_and(|a| a != "RS256") {
-                    return None;
-                }
-                let (n, e) = (member(&jwk.n)?, member(&jwk.e)?);
-                let public =
-                    RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
-                        .ok()?;
-                // At least 2048 bits (RFC 7518 §3.3).
-                let strong = StrongKey::try_from(public).ok()?;
-                self.rsa.push(Entry {
-                    kid: jwk.kid,
-                    key: strong.into_inner(),
-                    spki: Spki(der::rsa_spki(&n, &e)),
-                });
-            }
-            "EC" => {
-                if jwk.crv.as_deref() != Some("P-256") || alg.is_some_and(|a| a != "ES256") {
-                    return None;
-                }
-                let (x, y) = (fixed_32(&member(&jwk.x)?)?, fixed_32(&member(&jwk.y)?)?);
-                let point = p256::EncodedPoint::from_affine_coordinates(
-                    &p256::FieldBytes::from(x),
-                    &p256::FieldBytes::from(y),
-                    false,
-                );
-                // On the curve: checked here for both ways of verifying.
-                let key = EcKey::from_encoded_point(&point).ok()?;
-                self.ec.push(Entry {
-                    kid: jwk.kid,
-                    key,
-                    spki: Spki(der::p256_spki(&x, &y)),
-                });
-            }
-            _ => return None,
-        }
-        Some(())
-    }
-
-    pub fn has_rsa(&self) -> bool {
-        !self.rsa.is_empty()
-    }
-
-    pub fn has_ec(&self) -> bool {
-        !self.ec.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.rsa.len() + self.ec.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The key for `kid`: the one with that kid, or, for a token without kid (or a key set
-    /// without kids), the only key of the type.
-    fn select<'a, K>(keys: &'a [Entry<K>], kid: Option<&str>) -> Option<&'a Entry<K>> {
-        if let Some(kid) = kid {
-            if let Some(entry) = keys.iter().find(|e| e.kid.as_deref() == Some(kid)) {
-                return Some(entry);
-            }
-        }
-        match keys {
-            [only] if only.kid.is_none() || kid.is_none() => Some(only),
-            _ => None,
-        }
-    }
-}
-
-fn fixed_32(bytes: &[u8]) -> Option<[u8; 32]> {
-    bytes.try_into().ok()
 }
 
 /// What the answer must match besides its signature.
@@ -556,20 +387,20 @@ fn validate<T: serde::de::DeserializeOwned>(
     let kid = token.header().key_id.as_deref();
     Ok(match (alg, keys, crypto) {
         (SigningAlg::RS256, Keys::Jwks(set), Crypto::Native(verifier)) => {
-            let entry = KeySet::select(&set.rsa, kid).ok_or(VerifyError::UnknownKey)?;
-            native::<T>(alg, verifier, &entry.spki, token)?
+            let entry = set.rsa(kid).ok_or(VerifyError::UnknownKey)?;
+            native::<T>(alg, verifier, entry.spki(), token)?
         }
         (SigningAlg::ES256, Keys::Jwks(set), Crypto::Native(verifier)) => {
-            let entry = KeySet::select(&set.ec, kid).ok_or(VerifyError::UnknownKey)?;
-            native::<T>(alg, verifier, &entry.spki, token)?
+            let entry = set.ec(kid).ok_or(VerifyError::UnknownKey)?;
+            native::<T>(alg, verifier, entry.spki(), token)?
         }
         (SigningAlg::RS256, Keys::Jwks(set), Crypto::Wasm) => {
-            let entry = KeySet::select(&set.rsa, kid).ok_or(VerifyError::UnknownKey)?;
-            Rsa::rs256().validator::<T>(&entry.key).validate(token)
+            let entry = set.rsa(kid).ok_or(VerifyError::UnknownKey)?;
+            Rsa::rs256().validator::<T>(entry.key()).validate(token)
         }
         (SigningAlg::ES256, Keys::Jwks(set), Crypto::Wasm) => {
-            let entry = KeySet::select(&set.ec, kid).ok_or(VerifyError::UnknownKey)?;
-            Es256.validator::<T>(&entry.key).validate(token)
+            let entry = set.ec(kid).ok_or(VerifyError::UnknownKey)?;
+            Es256.validator::<T>(entry.key()).validate(token)
         }
         (SigningAlg::HS256, Keys::Secret(secret), _) => {
             let key = Hs256Key::new(secret);
@@ -659,8 +490,8 @@ fn is_introspection_typ(typ: &str) -> bool {
 }
 
 #[cfg(test)]
-#[path = "../tests/support/envoy_crypto.rs"]
-mod envoy_crypto;
+#[path = "../tests/support/boringssl.rs"]
+mod boringssl;
 
 #[cfg(test)]
 mod tests {
@@ -680,7 +511,7 @@ mod tests {
         jwks: Vec<u8>,
     }
 
-    /// The RFC reference vectors (core/tests/fixtures/rfc-vectors.json).
+    /// The RFC reference vectors (jose/tests/fixtures/rfc-vectors.json).
     fn vectors() -> Value {
         serde_json::from_str(include_str!("../tests/fixtures/rfc-vectors.json")).unwrap()
     }
@@ -725,7 +556,7 @@ mod tests {
         let mut jwk = v["rfc7515_a3_ec_private"].clone();
         jwk.as_object_mut().unwrap().remove("d");
         let set = KeySet::from_jwks(json!({ "keys": [jwk] }).to_string().as_bytes()).unwrap();
-        let key = &KeySet::select(&set.ec, None).unwrap().key;
+        let key = set.ec(None).unwrap().key();
         let jws = v["rfc7515_a3_es256_jws"].as_str().unwrap();
         let token = UntrustedToken::new(jws).unwrap();
         let checked = Es256.validator::<Value>(key).validate(&token).unwrap();
@@ -743,15 +574,6 @@ mod tests {
             verify(jws.as_bytes(), Keys::Jwks(&set), Crypto::Wasm, &expect),
             Err(VerifyError::Typ)
         );
-    }
-
-    #[test]
-    fn rfc7517_a1_jwks_keeps_the_rsa_signing_key_and_skips_the_encryption_key() {
-        let jwks = vectors()["rfc7517_a1_public_jwks"].to_string();
-        let set = KeySet::from_jwks(jwks.as_bytes()).unwrap();
-        assert_eq!((set.rsa.len(), set.ec.len(), set.skipped), (1, 0, 1));
-        assert!(KeySet::select(&set.rsa, Some("2011-04-29")).is_some());
-        assert!(KeySet::select(&set.rsa, Some("another")).is_none());
     }
 
     fn payload(active: bool) -> Value {
@@ -811,7 +633,7 @@ mod tests {
             signature: &[u8],
             text: &[u8],
         ) -> Result<bool, NativeFailure> {
-            Ok(envoy_crypto::check(b"sha256", spki.der(), signature, text).0)
+            Ok(boringssl::check(b"sha256", spki.der(), signature, text).0)
         }
     }
 
@@ -830,22 +652,6 @@ mod tests {
     }
 
     const TYP: Option<&str> = Some("token-introspection+jwt");
-
-    #[test]
-    fn jwks_parsing_keeps_usable_keys() {
-        let set = KeySet::from_jwks(&fixture().jwks).unwrap();
-        assert_eq!((set.rsa.len(), set.ec.len(), set.skipped), (1, 1, 1));
-        assert_eq!(
-            KeySet::from_jwks(b"{}").err(),
-            Some("JWKS has no `keys` array")
-        );
-        assert_eq!(
-            KeySet::from_jwks(b"nope").err(),
-            Some("JWKS is not valid JSON")
-        );
-        let weak = json!({"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}).to_string();
-        assert!(KeySet::from_jwks(weak.as_bytes()).unwrap().is_empty());
-    }
 
     #[test]
     fn valid_answers_verify_for_each_algorithm() {
