@@ -4,12 +4,11 @@
 //! select a key (`kid`) of that algorithm's type. Error messages are fixed strings: a claim
 //! value or any part of the token never ends up in a log.
 
-use base64::Engine as _;
 use std::borrow::Cow;
 
 use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa};
 use jwt_compact::{
-    Algorithm, AlgorithmExt, AlgorithmSignature, Claims as JwtClaims, UntrustedToken,
+    Algorithm, AlgorithmExt, AlgorithmSignature, Claims as JwtClaims, ParseError, UntrustedToken,
     ValidationError,
 };
 use serde::Deserialize;
@@ -19,7 +18,7 @@ use introspection_jwk::der;
 pub use introspection_jwk::{KeySet, Spki};
 
 use crate::claims::Claims;
-use crate::json::{self, JsonError};
+use crate::json;
 
 /// The algorithm the SR registered with ProConnect (`introspection_signed_response_alg`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -195,6 +194,67 @@ impl<'de> serde::de::Visitor<'de> for PayloadVisitor {
     }
 }
 
+/// A compact JWS as jwt-compact parses it, with the header members it does not read walked by
+/// [`OtherMembers`].
+type Jws<'a> = UntrustedToken<'a, OtherMembers>;
+
+/// jwt-compact's parse of a compact JWS (RFC 7515 §7.1): its three parts decoded, the header
+/// read in one pass. A `crit` parameter and a header member given twice are refused here.
+fn parse(compact: &str) -> Result<Jws<'_>, VerifyError> {
+    match Jws::try_from(compact) {
+        Ok(token) => Ok(token),
+        Err(ParseError::MalformedHeader(e)) if e.to_string().starts_with(CRIT) => {
+            Err(VerifyError::Crit)
+        }
+        Err(ParseError::MalformedHeader(e)) if json::is_duplicate(&e) => {
+            Err(VerifyError::Ambiguous)
+        }
+        Err(_) => Err(VerifyError::Format),
+    }
+}
+
+/// The text of the parse error for a `crit` header parameter (recognised by [`parse`]).
+const CRIT: &str = "critical header parameter";
+
+/// The header's members besides jwt-compact's own (`alg`, `cty`, `kid`, `typ`, `jku`, `x5u`,
+/// `x5t`, `x5t#S256`: strings it reads, whose duplicates its derived parser refuses), read in
+/// the same pass: a `crit` parameter is refused (RFC 7515 §4.1.11: this verifier implements no
+/// extension, so it cannot honour one), every other member is walked and dropped, and a member
+/// given twice, at any depth, fails the parse: parsers disagree on which one counts.
+#[derive(Clone, Copy, Debug)]
+pub struct OtherMembers;
+
+impl<'de> Deserialize<'de> for OtherMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OtherMembersVisitor)
+    }
+}
+
+struct OtherMembersVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OtherMembersVisitor {
+    type Value = OtherMembers;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JOSE header parameters")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OtherMembers, A::Error> {
+        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        while let Some(json::Key(key)) = map.next_key::<json::Key<'de>>()? {
+            if key == "crit" {
+                return Err(serde::de::Error::custom(CRIT));
+            }
+            if seen.contains(&key) {
+                return Err(json::refuse_duplicate());
+            }
+            map.next_value::<json::Checked>()?;
+            seen.push(key);
+        }
+        Ok(OtherMembers)
+    }
+}
+
 /// The key material for one verification.
 #[derive(Clone, Copy)]
 pub enum Keys<'a> {
@@ -318,11 +378,10 @@ pub fn verify(
 ) -> Result<Claims, VerifyError> {
     let text = std::str::from_utf8(jws).map_err(|_| VerifyError::Format)?;
     let text = text.trim();
-    let token = UntrustedToken::new(text).map_err(|_| VerifyError::Format)?;
+    let token = parse(text)?;
     if token.algorithm() != expect.alg.name() {
         return Err(VerifyError::Alg);
     }
-    check_header(text)?;
     match token.header().token_type.as_deref() {
         Some(t) if is_introspection_typ(t) => {}
         _ => return Err(VerifyError::Typ),
@@ -382,8 +441,8 @@ fn validate<T: serde::de::DeserializeOwned>(
     alg: SigningAlg,
     keys: Keys<'_>,
     crypto: Crypto<'_>,
-    token: &UntrustedToken<'_>,
-) -> Result<Result<jwt_compact::Token<T>, ValidationError>, VerifyError> {
+    token: &Jws<'_>,
+) -> Result<Result<jwt_compact::Token<T, OtherMembers>, ValidationError>, VerifyError> {
     let kid = token.header().key_id.as_deref();
     Ok(match (alg, keys, crypto) {
         (SigningAlg::RS256, Keys::Jwks(set), Crypto::Native(verifier)) => {
@@ -419,7 +478,7 @@ pub fn signature_verifies(
     alg: SigningAlg,
     crypto: Crypto<'_>,
 ) -> Result<bool, VerifyError> {
-    let token = UntrustedToken::new(jws).map_err(|_| VerifyError::Format)?;
+    let token = parse(jws)?;
     match validate::<Value>(alg, keys, crypto, &token)? {
         Ok(_) => Ok(true),
         Err(e) if is_signature_error(&e) => Ok(false),
@@ -443,8 +502,8 @@ fn native<T: serde::de::DeserializeOwned>(
     alg: SigningAlg,
     verifier: &dyn NativeVerifier,
     spki: &Spki,
-    token: &UntrustedToken<'_>,
-) -> Result<Result<jwt_compact::Token<T>, ValidationError>, VerifyError> {
+    token: &Jws<'_>,
+) -> Result<Result<jwt_compact::Token<T, OtherMembers>, ValidationError>, VerifyError> {
     let algorithm = Native {
         alg,
         verifier,
@@ -455,31 +514,6 @@ fn native<T: serde::de::DeserializeOwned>(
         Some(failure) => Err(VerifyError::NativeCheck(failure)),
         None => Ok(checked),
     }
-}
-
-/// What jwt-compact does not look at in the header: a `crit` parameter (RFC 7515 §4.1.11: this
-/// verifier understands no extension, so any is refused) and duplicated members (parsers
-/// disagree on which one counts). The payload's duplicates are refused as jwt-compact parses it
-/// ([`Payload`]).
-fn check_header(compact: &str) -> Result<(), VerifyError> {
-    let Some((header, _)) = compact.split_once('.') else {
-        return Err(VerifyError::Format);
-    };
-    let decode = |segment: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(segment)
-            .map_err(|_| VerifyError::Format)
-    };
-    let strict = |bytes: &[u8]| match json::parse_strict(bytes) {
-        Ok(value) => Ok(value),
-        Err(JsonError::Duplicate) => Err(VerifyError::Ambiguous),
-        Err(JsonError::Syntax) => Err(VerifyError::Payload),
-    };
-    let header = strict(&decode(header)?)?;
-    if header.get("crit").is_some() {
-        return Err(VerifyError::Crit);
-    }
-    Ok(())
 }
 
 /// RFC 9701 `typ`: `token-introspection+jwt`, case-insensitive, optional `application/` prefix.
@@ -496,6 +530,7 @@ mod boringssl;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use jwt_compact::alg::RsaPrivateKey;
     use jwt_compact::jwk::JsonWebKey;
     use jwt_compact::{Claims as C, Header};
@@ -707,7 +742,6 @@ mod tests {
         );
         let parts: Vec<&str> = jws.split('.').collect();
         // One bit of the signature.
-        use base64::Engine as _;
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut sig = engine.decode(parts[2]).unwrap();
         sig[10] ^= 1;
@@ -793,9 +827,21 @@ mod tests {
 
     #[test]
     fn a_crit_header_parameter_is_refused() {
-        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","crit":["exp"]}"#;
-        let jws = hand_made(header, &hs_payload(""));
-        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Crit));
+        for header in [
+            r#"{"alg":"HS256","typ":"token-introspection+jwt","crit":["exp"]}"#,
+            r#"{"crit":[],"alg":"HS256","typ":"token-introspection+jwt"}"#,
+            r#"{"alg":"HS256","typ":"token-introspection+jwt","cr\u0069t":["exp"]}"#,
+        ] {
+            let jws = hand_made(header, &hs_payload(""));
+            assert_eq!(
+                check(SigningAlg::HS256, &jws),
+                Err(VerifyError::Crit),
+                "{header}"
+            );
+        }
+        // Only the header's own member is one; a member named so inside another is not.
+        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","x":{"crit":1}}"#;
+        assert!(check(SigningAlg::HS256, &hand_made(header, &hs_payload(""))).is_ok());
     }
 
     #[test]
@@ -834,13 +880,26 @@ mod tests {
 
     #[test]
     fn a_duplicated_header_parameter_is_refused() {
-        // jwt-compact's own header parser already refuses it (its derived fields).
-        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","typ":"JWT"}"#;
-        let jws = hand_made(header, &hs_payload(""));
-        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Format));
-        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","x":1,"x":2}"#;
-        let jws = hand_made(header, &hs_payload(""));
-        assert_eq!(check(SigningAlg::HS256, &jws), Err(VerifyError::Ambiguous));
+        // jwt-compact's own parameters (its derived parser refuses them), escaped spellings,
+        // parameters no one reads, at the top or nested: all refused the same way.
+        for header in [
+            r#"{"alg":"HS256","typ":"token-introspection+jwt","typ":"JWT"}"#,
+            r#"{"alg":"HS256","alg":"HS256","typ":"token-introspection+jwt"}"#,
+            r#"{"alg":"HS256","typ":"token-introspection+jwt","kid":"a","k\u0069d":"b"}"#,
+            r#"{"alg":"HS256","typ":"token-introspection+jwt","x":1,"x":2}"#,
+            r#"{"alg":"HS256","typ":"token-introspection+jwt","jwk":{"kty":"EC","kty":"RSA"}}"#,
+            r#"{"alg":"HS256","typ":"token-introspection+jwt","x":[{"a":1,"a":1}]}"#,
+        ] {
+            let jws = hand_made(header, &hs_payload(""));
+            assert_eq!(
+                check(SigningAlg::HS256, &jws),
+                Err(VerifyError::Ambiguous),
+                "{header}"
+            );
+        }
+        // The same member in sibling objects is no duplicate.
+        let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","a":{"x":1},"b":{"x":2}}"#;
+        assert!(check(SigningAlg::HS256, &hand_made(header, &hs_payload(""))).is_ok());
     }
 
     #[test]
