@@ -721,7 +721,7 @@ def pair_summary(pairs, seconds):
             "min_ratio": ratios[0], "max_ratio": ratios[-1]}
 
 
-def measure_signed_pairs(ctx, rows, pairs=3, seconds=4):
+def measure_signed_pairs(ctx, rows, pairs=5, seconds=4):
     """`miss` and each signed miss row in turn, `pairs` times, fresh tokens every run: the ratio
     of each pair (the plain miss row and the signed ones run minutes apart, while the machine's
     speed and the mock's state drift)."""
