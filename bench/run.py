@@ -698,18 +698,28 @@ def measure_verification(ctx, per_alg=300, drop=20):
     return out
 
 
+def pair_order(i, first, second):
+    """The two rows of pair `i`, in alternating order (`first` first in even pairs): a machine
+    that slows down or speeds up through the pairs then favours neither row."""
+    return (first, second) if i % 2 == 0 else (second, first)
+
+
 def measure_hit_pairs(ctx, pairs=5, seconds=4):
-    """`baseline` and `hit` in turn, `pairs` times: the ratio of each pair, whose median moves far
-    less than one row against another run minutes apart (the machine's speed drifts)."""
+    """`baseline` and `hit` back to back, `pairs` times, in alternating order: the ratio of each
+    pair, whose median moves far less than one row against another run minutes apart (the
+    machine's speed drifts)."""
     runner, ports, token = ctx["runner"], ctx["ports"], ctx["hit_token"]
+    headers = {"baseline": f"x-user-sub: {SUB}", "hit": f"Authorization: Bearer {token}"}
     out = []
-    for _ in range(pairs):
-        b = runner.wrk(f"http://127.0.0.1:{ports['baseline']}{PATH}", seconds,
-                       headers=[f"x-user-sub: {SUB}"], sessions=ctx["sessions"])
-        h = runner.wrk(f"http://127.0.0.1:{ports['hit']}{PATH}", seconds,
-                       headers=[f"Authorization: Bearer {token}"], sessions=ctx["sessions"])
+    for i in range(pairs):
+        r = {}
+        for name in pair_order(i, "baseline", "hit"):
+            r[name] = runner.wrk(f"http://127.0.0.1:{ports[name]}{PATH}", seconds,
+                                 headers=[headers[name]], sessions=ctx["sessions"])
+        b, h = r["baseline"], r["hit"]
         errors = b["non2xx"] + b["socket_errors"] + h["non2xx"] + h["socket_errors"]
         out.append({"baseline_rps": b["rps"], "hit_rps": h["rps"], "errors": errors,
+                    "first": pair_order(i, "baseline", "hit")[0],
                     "ratio": h["rps"] / b["rps"] if b["rps"] else 0.0})
     return pair_summary(out, seconds)
 
@@ -722,15 +732,15 @@ def pair_summary(pairs, seconds):
 
 
 def measure_signed_pairs(ctx, rows, pairs=5, seconds=4):
-    """`miss` and each signed miss row in turn, `pairs` times, fresh tokens every run: the ratio
-    of each pair (the plain miss row and the signed ones run minutes apart, while the machine's
-    speed and the mock's state drift)."""
+    """`miss` and each signed miss row back to back, `pairs` times in alternating order, fresh
+    tokens every run: the ratio of each pair (the plain miss row and the signed ones run minutes
+    apart, while the machine's speed and the mock's state drift)."""
     out = {}
     for signed in rows:
         runs = []
         for i in range(pairs):
             rps = {}
-            for name in ("miss", signed):
+            for name in pair_order(i, "miss", signed):
                 url = f"http://127.0.0.1:{ctx['ports'][name]}{PATH}"
                 # The row's own rate, 1.6x, plus a margin: enough fresh tokens for the run.
                 need = int(ctx["row_rps"][name] * seconds * 1.6) + 2000
@@ -739,6 +749,7 @@ def measure_signed_pairs(ctx, rows, pairs=5, seconds=4):
                 rps[name] = (r["rps"], bad)
             runs.append({"miss_rps": rps["miss"][0], "signed_rps": rps[signed][0],
                          "errors": rps["miss"][1] + rps[signed][1],
+                         "first": pair_order(i, "miss", signed)[0],
                          "ratio": rps[signed][0] / rps["miss"][0] if rps["miss"][0] else 0.0})
         out[signed] = pair_summary(runs, seconds)
     return out
@@ -930,20 +941,26 @@ def build_report(data):
     hp = data.get("hit_pairs")
     if hp:
         lines += ["## Cache hit against baseline, interleaved", "",
-                  f"`baseline` then `hit`, {hp['seconds']} s each, {len(hp['pairs'])} times in a row "
-                  "(same wrk settings): the machine's speed drifts between rows minutes apart, far "
-                  "less within a pair.", "",
-                  "| pair | baseline req/s | hit req/s | ratio |", "|---:|---:|---:|---:|"]
+                  f"`baseline` and `hit` back to back, {hp['seconds']} s each, {len(hp['pairs'])} "
+                  "times, in alternating order (same wrk settings): the machine's speed drifts "
+                  "between rows minutes apart, far less within a pair, and the order favours "
+                  "neither row when it drifts through the pairs.", "",
+                  "| pair | first | baseline req/s | hit req/s | ratio |",
+                  "|---:|---|---:|---:|---:|"]
         for i, p in enumerate(hp["pairs"], 1):
-            lines.append(f"| {i} | {p['baseline_rps']:.0f} | {p['hit_rps']:.0f} | {p['ratio']:.2f} |")
+            lines.append(f"| {i} | {p.get('first', 'baseline')} | {p['baseline_rps']:.0f} | "
+                         f"{p['hit_rps']:.0f} | {p['ratio']:.2f} |")
         lines += ["", f"Median ratio **{hp['median_ratio']:.2f}**.", ""]
     for signed, sp in (data.get("signed_pairs") or {}).items():
         lines += [f"## {signed} against miss, interleaved", "",
-                  f"`miss` then `{signed}`, {sp['seconds']} s each with fresh tokens, "
-                  f"{len(sp['pairs'])} times in a row: the same drift cancelled as for the hit.", "",
-                  f"| pair | miss req/s | {signed} req/s | ratio |", "|---:|---:|---:|---:|"]
+                  f"`miss` and `{signed}` back to back, {sp['seconds']} s each with fresh tokens, "
+                  f"{len(sp['pairs'])} times in alternating order: the same drift cancelled as "
+                  "for the hit.", "",
+                  f"| pair | first | miss req/s | {signed} req/s | ratio |",
+                  "|---:|---|---:|---:|---:|"]
         for i, p in enumerate(sp["pairs"], 1):
-            lines.append(f"| {i} | {p['miss_rps']:.0f} | {p['signed_rps']:.0f} | {p['ratio']:.2f} |")
+            lines.append(f"| {i} | {p.get('first', 'miss')} | {p['miss_rps']:.0f} | "
+                         f"{p['signed_rps']:.0f} | {p['ratio']:.2f} |")
         lines += ["", f"Median ratio **{sp['median_ratio']:.2f}**.", ""]
     lines += ["## Targets", ""]
     for t in data["targets"]:
