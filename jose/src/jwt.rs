@@ -5,6 +5,7 @@
 //! value or any part of the token never ends up in a log.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa};
 use jwt_compact::{
@@ -171,7 +172,7 @@ impl<'de> serde::de::Visitor<'de> for PayloadVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
         let mut payload = Payload::default();
-        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        let mut seen: BTreeSet<Cow<'de, str>> = BTreeSet::new();
         while let Some(json::Key(key)) = map.next_key::<json::Key<'de>>()? {
             if seen.contains(&key) {
                 return Err(json::refuse_duplicate());
@@ -182,13 +183,13 @@ impl<'de> serde::de::Visitor<'de> for PayloadVisitor {
                 "aud" => &mut payload.aud,
                 _ => {
                     map.next_value::<json::Checked>()?;
-                    seen.push(key);
+                    seen.insert(key);
                     continue;
                 }
             };
             let json::Strict(value) = map.next_value()?;
             *slot = Some(value);
-            seen.push(key);
+            seen.insert(key);
         }
         Ok(payload)
     }
@@ -240,7 +241,7 @@ impl<'de> serde::de::Visitor<'de> for OtherMembersVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OtherMembers, A::Error> {
-        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        let mut seen: BTreeSet<Cow<'de, str>> = BTreeSet::new();
         while let Some(json::Key(key)) = map.next_key::<json::Key<'de>>()? {
             if key == "crit" {
                 return Err(serde::de::Error::custom(CRIT));
@@ -249,7 +250,7 @@ impl<'de> serde::de::Visitor<'de> for OtherMembersVisitor {
                 return Err(json::refuse_duplicate());
             }
             map.next_value::<json::Checked>()?;
-            seen.push(key);
+            seen.insert(key);
         }
         Ok(OtherMembers)
     }
@@ -900,6 +901,30 @@ mod tests {
         // The same member in sibling objects is no duplicate.
         let header = r#"{"alg":"HS256","typ":"token-introspection+jwt","a":{"x":1},"b":{"x":2}}"#;
         assert!(check(SigningAlg::HS256, &hand_made(header, &hs_payload(""))).is_ok());
+    }
+
+    #[test]
+    fn members_are_checked_for_duplicates_by_name_not_one_by_one() {
+        // Thousands of distinct members, then one given again: found, in the header and in the
+        // payload, without comparing each name with every one before it (a set, not a list:
+        // the header and claims are read before the signature is checked).
+        let many: String = (0..20_000).map(|i| format!(r#""m{i}":0,"#)).collect();
+        let header = format!(r#"{{{many}"alg":"HS256","typ":"token-introspection+jwt"}}"#);
+        assert!(check(SigningAlg::HS256, &hand_made(&header, &hs_payload(""))).is_ok());
+        assert!(check(SigningAlg::HS256, &hand_made(HS_HEADER, &hs_payload(&many))).is_ok());
+        let again = format!(r#"{many}"m0":1,"#);
+        let header = format!(r#"{{{again}"alg":"HS256","typ":"token-introspection+jwt"}}"#);
+        assert_eq!(
+            check(SigningAlg::HS256, &hand_made(&header, &hs_payload(""))),
+            Err(VerifyError::Ambiguous)
+        );
+        assert_eq!(
+            check(
+                SigningAlg::HS256,
+                &hand_made(HS_HEADER, &hs_payload(&again))
+            ),
+            Err(VerifyError::Ambiguous)
+        );
     }
 
     #[test]
