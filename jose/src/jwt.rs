@@ -1,4 +1,5 @@
-//! Signed introspection answers (RFC 9701): key sets and verification.
+//! Signed introspection answers (RFC 9701): their verification, with the keys of a JWK Set
+//! (`introspection-jwk`) or the client secret.
 //!
 //! The configured algorithm alone decides how an answer is checked; the JWS header can only
 //! select a key (`kid`) of that algorithm's type. Error messages are fixed strings: a claim
