@@ -6,7 +6,6 @@
 //! value or any part of the token never ends up in a log.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 
 use jwt_compact::alg::{Es256, Hs256, Hs256Key, Rsa};
 use jwt_compact::{
@@ -171,27 +170,19 @@ impl<'de> serde::de::Visitor<'de> for PayloadVisitor {
         f.write_str("a JWT claims set")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Payload, A::Error> {
         let mut payload = Payload::default();
-        let mut seen: BTreeSet<Cow<'de, str>> = BTreeSet::new();
-        while let Some(json::Key(key)) = map.next_key::<json::Key<'de>>()? {
-            if seen.contains(&key) {
-                return Err(json::refuse_duplicate());
-            }
-            let slot = match &*key {
+        json::members(map, |name, map| {
+            let slot = match name {
                 "token_introspection" => &mut payload.token_introspection,
                 "iss" => &mut payload.iss,
                 "aud" => &mut payload.aud,
-                _ => {
-                    map.next_value::<json::Checked>()?;
-                    seen.insert(key);
-                    continue;
-                }
+                _ => return Ok(false),
             };
             let json::Strict(value) = map.next_value()?;
             *slot = Some(value);
-            seen.insert(key);
-        }
+            Ok(true)
+        })?;
         Ok(payload)
     }
 }
@@ -241,18 +232,11 @@ impl<'de> serde::de::Visitor<'de> for OtherMembersVisitor {
         f.write_str("JOSE header parameters")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OtherMembers, A::Error> {
-        let mut seen: BTreeSet<Cow<'de, str>> = BTreeSet::new();
-        while let Some(json::Key(key)) = map.next_key::<json::Key<'de>>()? {
-            if key == "crit" {
-                return Err(serde::de::Error::custom(CRIT));
-            }
-            if seen.contains(&key) {
-                return Err(json::refuse_duplicate());
-            }
-            map.next_value::<json::Checked>()?;
-            seen.insert(key);
-        }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<OtherMembers, A::Error> {
+        json::members(map, |name, _| match name {
+            "crit" => Err(serde::de::Error::custom(CRIT)),
+            _ => Ok(false),
+        })?;
         Ok(OtherMembers)
     }
 }
