@@ -2,6 +2,7 @@
 //! into a [`Config`] once. Every error names the offending field.
 
 use serde::Deserialize;
+use serde_path_to_error::Segment;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -962,19 +963,19 @@ fn check_path(path: &str, field: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Names the field behind a serde error: serde_json says what is wrong but not where. Every
-/// field of `RawConfig` is optional, so each member can be tried alone; the first one that fails
-/// on its own is the culprit. (The client secret is read as a raw value and cannot fail here,
-/// so no secret is ever echoed.)
 /// A deserialisation error as field and rule. serde's messages quote the offending value
 /// (`invalid type: string "…", expected u32`): only what was expected is kept, never what was
 /// found, so a secret pasted into the wrong field never reaches the log.
 fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
     let path = error.path().to_string();
     let message = error.inner().to_string();
-    let reason = if message.starts_with("unknown field") {
-        "unknown field".to_string()
-    } else if message.starts_with("missing field") {
+    if message.starts_with("unknown field") {
+        if let Some(Segment::Map { key }) = error.path().iter().next_back() {
+            return unknown_field(&path, key, &message);
+        }
+        return ConfigError::new(path, "unknown field");
+    }
+    let reason = if message.starts_with("missing field") {
         "is required".to_string()
     } else {
         match message.split_once(", expected ") {
@@ -991,6 +992,65 @@ fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ConfigEr
         path
     };
     ConfigError::new(field, reason)
+}
+
+/// An unknown member `key` at `path` (which ends with it). Its name is written by the operator
+/// and may be a secret pasted in the wrong place (a value turned into a key), so it is shown
+/// only when it is a near miss of a known field (a typo, at most two edits away); otherwise
+/// the error names the object that holds it. Either way the known fields are listed: serde
+/// names them after the unknown one (`unknown field `…`, expected one of `a`, `b``), and only
+/// that part of its message, found after the exact key, is kept.
+fn unknown_field(path: &str, key: &str, message: &str) -> ConfigError {
+    let known: Vec<&str> = message
+        .strip_prefix(&format!("unknown field `{key}`, expected "))
+        .map(|expected| expected.split('`').skip(1).step_by(2).collect())
+        .unwrap_or_default();
+    let list = known
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(near) = known.iter().find(|name| within_two_edits(key, name)) {
+        return ConfigError::new(path, format!("unknown field (did you mean `{near}`?)"));
+    }
+    let holder = path
+        .strip_suffix(key)
+        .map(|parent| parent.strip_suffix('.').unwrap_or(parent))
+        .filter(|parent| !parent.is_empty())
+        .unwrap_or("(plugin configuration)");
+    let reason = if list.is_empty() {
+        "has an unknown field (its name is not shown: it is like no known field)".to_string()
+    } else {
+        format!(
+            "has an unknown field (its name is not shown: it is like no known field); \
+             known fields: {list}"
+        )
+    };
+    ConfigError::new(holder, reason)
+}
+
+/// Whether `a` becomes `b` with at most two single-byte insertions, deletions or
+/// substitutions (Levenshtein distance, bounded: field names are short).
+fn within_two_edits(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len().abs_diff(b.len()) > 2 || a.len() > 96 {
+        return false;
+    }
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, &x) in a.iter().enumerate() {
+        let mut current = Vec::with_capacity(b.len() + 1);
+        current.push(i + 1);
+        for (j, &y) in b.iter().enumerate() {
+            let substitute = previous
+                .get(j)
+                .map_or(usize::MAX, |d| d + usize::from(x != y));
+            let delete = previous.get(j + 1).map_or(usize::MAX, |d| d + 1);
+            let insert = current.get(j).map_or(usize::MAX, |d| d + 1);
+            current.push(substitute.min(delete).min(insert));
+        }
+        previous = current;
+    }
+    previous.last().is_some_and(|&d| d <= 2)
 }
 
 /// Scope tokens (RFC 6749 §3.3), duplicates dropped.
@@ -1240,7 +1300,10 @@ mod tests {
         let err = with("clien_secret", serde_json::json!("x")).unwrap_err();
         assert_eq!(
             (err.field.as_str(), err.reason.as_str()),
-            ("clien_secret", "unknown field")
+            (
+                "clien_secret",
+                "unknown field (did you mean `client_secret`?)"
+            )
         );
         let err = with("timeout_ms", serde_json::json!("soon")).unwrap_err();
         assert_eq!(err.field, "timeout_ms");
@@ -1502,8 +1565,12 @@ mod tests {
                 "rules[0].scope_mode",
             ),
             (
+                serde_json::json!([{"path_exact": "/a", "methds": ["GET"]}]),
+                "rules[0].methds",
+            ),
+            (
                 serde_json::json!([{"path_exact": "/a", "typo": 1}]),
-                "rules[0].typo",
+                "rules[0]",
             ),
             (
                 serde_json::json!([{"name": "bad name", "path_exact": "/a"}]),
@@ -1678,15 +1745,59 @@ mod tests {
 
     #[test]
     fn an_unknown_field_whose_name_could_be_a_secret_is_not_named() {
-        // Found by `make fuzz` (config target).
+        // Found by `make fuzz` (config target): a name of any characters.
         let err = Config::from_json(br#"{"!sted-~nv_susignedcret":"ed-~nv_susign"}"#).unwrap_err();
-        assert_eq!(err.field, "(a field whose name is not shown)");
-        assert_eq!(err.reason, "unknown field");
+        assert_eq!(err.field, "(plugin configuration)");
+        assert!(err.reason.starts_with("has an unknown field"), "{err}");
+        assert!(!err.to_string().contains("susign"), "{err}");
+        // A value written as a key (an alphanumeric secret looks like a field name), at the
+        // top level, in `cache` and in a rule: the object is named, the known fields listed.
+        let secret = "Xk39dkFj2mQ7vLp0Zr8sT4uW6yB1nC5e";
+        for (config, holder, known) in [
+            (
+                format!(r#"{{"cluster":"a","{secret}":1}}"#),
+                "(plugin configuration)",
+                "`client_secret`",
+            ),
+            (
+                format!(r#"{{"cache":{{"{secret}":1}}}}"#),
+                "cache",
+                "`max_entries`",
+            ),
+            (
+                format!(r#"{{"rules":[{{"name":"a","{secret}":1}}]}}"#),
+                "rules[0]",
+                "`path_prefix`",
+            ),
+        ] {
+            let err = Config::from_json(config.as_bytes()).unwrap_err();
+            let shown = err.to_string();
+            assert!(!shown.contains(secret), "{shown}");
+            assert_eq!(err.field, holder, "{shown}");
+            assert!(err.reason.contains(known), "{shown}");
+        }
+        // A near miss is a typo: named, with the field it resembles.
+        let err = Config::from_json(br#"{"cache":{"max_entires":1}}"#).unwrap_err();
+        assert_eq!(err.field, "cache.max_entires");
+        assert_eq!(err.reason, "unknown field (did you mean `max_entries`?)");
         let err = Config::from_json(
             br#"{"cluster":"a","authority":"a","client_id":"c","client_secret":"s","timeout":1}"#,
         )
         .unwrap_err();
-        assert_eq!(err.field, "timeout");
+        assert_eq!(err.field, "(plugin configuration)");
+        assert!(err.reason.contains("`timeout_ms`"), "{err}");
+    }
+
+    #[test]
+    fn near_misses_are_at_most_two_edits() {
+        assert!(within_two_edits("timeout_ms", "timeout_ms"));
+        assert!(within_two_edits("timout_ms", "timeout_ms"));
+        assert!(within_two_edits("timeoutms_", "timeout_ms"));
+        assert!(!within_two_edits("TIMEOUT_ms", "timeout_ms"));
+        assert!(!within_two_edits("timeout", "timeout_ms"));
+        assert!(!within_two_edits("", "abc"));
+        assert!(within_two_edits("", "ab"));
+        assert!(!within_two_edits(&"a".repeat(97), &"a".repeat(97)));
     }
 
     #[test]
@@ -1727,10 +1838,10 @@ mod tests {
             "cache.max_ttl_secs"
         );
         assert_eq!(
-            with("cache", serde_json::json!({"ttl": 5}))
+            with("cache", serde_json::json!({"max_tll_secs": 5}))
                 .unwrap_err()
                 .field,
-            "cache.ttl"
+            "cache.max_tll_secs"
         );
     }
 
