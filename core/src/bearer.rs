@@ -51,7 +51,8 @@ impl std::fmt::Debug for Credentials<'_> {
     }
 }
 
-/// Why an `Authorization` header is not one well-formed bearer token (400 `invalid_request`).
+/// Why a request is malformed (400 `invalid_request`, RFC 6750 §3.1): its `Authorization`
+/// header is not one well-formed bearer token, or its path cannot be judged by the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
     Several,
@@ -62,6 +63,8 @@ pub enum Malformed {
     Syntax,
     /// `bearer_encoding: base64` and the credential is not base64 of a token.
     Encoding,
+    /// A path rule would be read on a path that is not normalised (see `rules::is_normal`).
+    Path,
 }
 
 impl Malformed {
@@ -75,6 +78,7 @@ impl Malformed {
             Malformed::TooLong => "too_long",
             Malformed::Syntax => "not_b64token",
             Malformed::Encoding => "not_base64",
+            Malformed::Path => "path_not_normalised",
         }
     }
 
@@ -88,6 +92,7 @@ impl Malformed {
             Malformed::TooLong => "bearer token too long",
             Malformed::Syntax => "bearer token is not a b64token",
             Malformed::Encoding => "bearer credential is not the base64 of a token",
+            Malformed::Path => "request path is not normalised",
         }
     }
 }

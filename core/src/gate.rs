@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
-use crate::bearer::{self, Credentials};
+use crate::bearer::{self, Credentials, Malformed};
 use crate::cache::{self, CacheKey, CacheKeys, LocalCache, LocalEntry};
 use crate::callout::{self, Callout, ACCEPT_JSON, ACCEPT_JWT};
 use crate::config::{Config, KeySource, SignatureCheck};
@@ -35,7 +35,7 @@ use crate::host::{Counter, Histogram, Host};
 use crate::jwt::{Crypto, KeySet, SigningAlg, VerifyError};
 use crate::reply::{self, LocalReply};
 use crate::response::{self, AnswerError, StoredAnswer};
-use crate::rules::{self, Access, Facts, Requirements};
+use crate::rules::{self, Access, Facts, Requirements, Selection};
 use crate::schedule::FetchSchedule;
 use crate::selftest::{self, SelfTestFailure};
 
@@ -485,12 +485,19 @@ impl Gate {
                 path: &head.path,
                 method: &head.method,
             };
-            if let Some((index, rule)) = rules::select(&config.rules, &facts) {
-                who.rule = Some(index);
-                if rule.access == Access::Public {
-                    host.count(Counter::Public);
-                    debug!("[{id}] public by rule `{}`", rule.name);
-                    return Step::Verdict(self.public(id, remove));
+            match rules::select(&config.rules, &facts) {
+                Selection::Rule(index, rule) => {
+                    who.rule = Some(index);
+                    if rule.access == Access::Public {
+                        host.count(Counter::Public);
+                        debug!("[{id}] public by rule `{}`", rule.name);
+                        return Step::Verdict(self.public(id, remove));
+                    }
+                }
+                Selection::Unmatched => {}
+                Selection::PathNotNormal => {
+                    let denial = Denial::Malformed(Malformed::Path);
+                    return self.refuse_now(&mut who, denial, host);
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Per-route rules: an ordered list, the first rule that matches a request decides what it
 //! needs — nothing (a public route) or its own scopes and accepted clients. Unmatched requests
 //! get the top-level requirements. Matching is on what Envoy routed on (the route name), the
-//! path without its query, and the method. A leaf module.
+//! path without its query, and the method. A path that is not normalised cannot be matched
+//! against a path rule: the upstream may read it as another path (`/api//admin`, `/x/../admin`),
+//! so whether the rule applies cannot be told. A leaf module.
 
 /// What a protected request's token must carry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -80,34 +82,53 @@ pub struct Facts<'a> {
 }
 
 impl Rule {
-    pub fn matches(&self, facts: &Facts<'_>) -> bool {
+    /// Whether the rule matches the request: `None` when that depends on a path that is not
+    /// normalised (its route and methods, checked first, match).
+    pub fn matches(&self, facts: &Facts<'_>) -> Option<bool> {
         if let Some(route) = &self.route_name {
             if facts.route_name != Some(route.as_str()) {
-                return false;
+                return Some(false);
             }
         }
-        if let Some(path_match) = &self.path {
-            let path = without_query(facts.path);
-            // A path Envoy did not normalise could be read differently upstream
-            // (`/public/../api`): it never matches a path rule.
-            if !is_normal(path) {
-                return false;
-            }
-            let ok = match path_match {
-                PathMatch::Exact(p) => path == p.as_bytes(),
-                PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
-            };
-            if !ok {
-                return false;
-            }
+        if !(self.methods.is_empty() || self.methods.iter().any(|m| m.as_bytes() == facts.method)) {
+            return Some(false);
         }
-        self.methods.is_empty() || self.methods.iter().any(|m| m.as_bytes() == facts.method)
+        let Some(path_match) = &self.path else {
+            return Some(true);
+        };
+        let path = without_query(facts.path);
+        if !is_normal(path) {
+            return None;
+        }
+        Some(match path_match {
+            PathMatch::Exact(p) => path == p.as_bytes(),
+            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+        })
     }
 }
 
-/// The first rule that matches, if any.
-pub fn select<'r>(rules: &'r [Rule], facts: &Facts<'_>) -> Option<(usize, &'r Rule)> {
-    rules.iter().enumerate().find(|(_, r)| r.matches(facts))
+/// What the rules decide for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection<'r> {
+    /// The first rule that matches, and its index.
+    Rule(usize, &'r Rule),
+    /// No rule matches: the top-level requirements apply.
+    Unmatched,
+    /// Before any rule matched, one whose route and methods match has a path criterion, and
+    /// the path is not normalised: the request cannot be judged (400).
+    PathNotNormal,
+}
+
+/// The first rule that matches, no rule, or a path that cannot be judged.
+pub fn select<'r>(rules: &'r [Rule], facts: &Facts<'_>) -> Selection<'r> {
+    for (index, rule) in rules.iter().enumerate() {
+        match rule.matches(facts) {
+            Some(true) => return Selection::Rule(index, rule),
+            Some(false) => {}
+            None => return Selection::PathNotNormal,
+        }
+    }
+    Selection::Unmatched
 }
 
 /// Whether the rules read Envoy's route name (a host call per request).
@@ -122,17 +143,25 @@ fn without_query(path: &[u8]) -> &[u8] {
     }
 }
 
-/// A path as Envoy's `normalize_path` + `merge_slashes` leave it: absolute, no empty, `.` or
-/// `..` segment, no escaped `/`, `\` or `.`, no backslash.
+/// A path as Envoy's `normalize_path` + `merge_slashes` leave it, read one way by every
+/// upstream: absolute, no empty, `.` or `..` segment, no backslash, no `;` (servlet containers
+/// and others cut a segment's parameters before routing), and no escape of `/`, `\` or an
+/// unreserved character (RFC 3986 §2.3: `%61` is `a`, so `/api/%61dmin` is `/api/admin`).
 pub fn is_normal(path: &[u8]) -> bool {
-    if path.first() != Some(&b'/') || path.contains(&b'\\') {
+    if path.first() != Some(&b'/') || path.contains(&b'\\') || path.contains(&b';') {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if [&b"%2f"[..], b"%5c", b"%2e"]
-        .iter()
-        .any(|esc| lower.windows(3).any(|w| w == *esc))
-    {
+    let escapes_what_needs_none = path.windows(3).any(|w| match w {
+        [b'%', hi, lo] => match (hex(*hi), hex(*lo)) {
+            (Some(hi), Some(lo)) => {
+                let byte = hi << 4 | lo;
+                byte == b'/' || byte == b'\\' || is_unreserved(byte)
+            }
+            _ => false,
+        },
+        _ => false,
+    });
+    if escapes_what_needs_none {
         return false;
     }
     let rest = path.get(1..).unwrap_or_default();
@@ -143,6 +172,20 @@ pub fn is_normal(path: &[u8]) -> bool {
         b"" => i == last, // a trailing slash is fine, `//` is not
         _ => true,
     })
+}
+
+/// RFC 3986 §2.3 unreserved characters.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -170,16 +213,30 @@ mod tests {
     #[test]
     fn path_rules_match_without_the_query() {
         let exact = rule(None, Some(PathMatch::Exact("/healthz".into())), &[]);
-        assert!(exact.matches(&facts(None, "/healthz", "GET")));
-        assert!(exact.matches(&facts(None, "/healthz?full=1", "GET")));
-        assert!(!exact.matches(&facts(None, "/healthz/x", "GET")));
+        assert_eq!(exact.matches(&facts(None, "/healthz", "GET")), Some(true));
+        assert_eq!(
+            exact.matches(&facts(None, "/healthz?full=1", "GET")),
+            Some(true)
+        );
+        assert_eq!(
+            exact.matches(&facts(None, "/healthz/x", "GET")),
+            Some(false)
+        );
         let prefix = rule(None, Some(PathMatch::Prefix("/public/".into())), &[]);
-        assert!(prefix.matches(&facts(None, "/public/a", "GET")));
-        assert!(!prefix.matches(&facts(None, "/publicity", "GET")));
+        assert_eq!(prefix.matches(&facts(None, "/public/a", "GET")), Some(true));
+        assert_eq!(
+            prefix.matches(&facts(None, "/publicity", "GET")),
+            Some(false)
+        );
+        // Reserved characters escaped stay as they are: `%20`, `%3A`, `%25` are normal.
+        assert_eq!(
+            prefix.matches(&facts(None, "/public/a%20b%3A%25", "GET")),
+            Some(true)
+        );
     }
 
     #[test]
-    fn path_tricks_never_match_a_path_rule() {
+    fn a_path_read_otherwise_upstream_cannot_be_matched() {
         let public = rule(None, Some(PathMatch::Prefix("/public/".into())), &[]);
         for trick in [
             "/public/../api/users/me",
@@ -190,9 +247,34 @@ mod tests {
             "/public/..%2fapi",
             "/public/..\\api",
             "public/x",
+            "/api//admin/users",
+            "/api/%61dmin/users",
+            "/api/adm%69n",
+            "/api/admin%7e",
+            "/api/admin;x=1/users",
+            "/api/admin/;/users",
         ] {
-            assert!(!public.matches(&facts(None, trick, "GET")), "{trick}");
+            assert_eq!(public.matches(&facts(None, trick, "GET")), None, "{trick}");
+            assert!(!is_normal(trick.as_bytes()), "{trick}");
         }
+    }
+
+    #[test]
+    fn a_rule_whose_route_or_method_differs_does_not_read_the_path() {
+        let r = rule(
+            Some("api"),
+            Some(PathMatch::Prefix("/api/".into())),
+            &["GET"],
+        );
+        assert_eq!(
+            r.matches(&facts(Some("other"), "/api//x", "GET")),
+            Some(false)
+        );
+        assert_eq!(
+            r.matches(&facts(Some("api"), "/api//x", "POST")),
+            Some(false)
+        );
+        assert_eq!(r.matches(&facts(Some("api"), "/api//x", "GET")), None);
     }
 
     #[test]
@@ -202,11 +284,17 @@ mod tests {
             Some(PathMatch::Prefix("/api".into())),
             &["GET", "HEAD"],
         );
-        assert!(r.matches(&facts(Some("api"), "/api/x", "GET")));
-        assert!(!r.matches(&facts(Some("other"), "/api/x", "GET")));
-        assert!(!r.matches(&facts(None, "/api/x", "GET")));
-        assert!(!r.matches(&facts(Some("api"), "/other", "GET")));
-        assert!(!r.matches(&facts(Some("api"), "/api/x", "POST")));
+        assert_eq!(r.matches(&facts(Some("api"), "/api/x", "GET")), Some(true));
+        assert_eq!(
+            r.matches(&facts(Some("other"), "/api/x", "GET")),
+            Some(false)
+        );
+        assert_eq!(r.matches(&facts(None, "/api/x", "GET")), Some(false));
+        assert_eq!(r.matches(&facts(Some("api"), "/other", "GET")), Some(false));
+        assert_eq!(
+            r.matches(&facts(Some("api"), "/api/x", "POST")),
+            Some(false)
+        );
     }
 
     #[test]
@@ -215,15 +303,45 @@ mod tests {
             rule(None, Some(PathMatch::Exact("/a".into())), &[]),
             rule(None, Some(PathMatch::Prefix("/".into())), &[]),
         ];
+        let index = |selection| match selection {
+            Selection::Rule(i, _) => Some(i),
+            _ => None,
+        };
+        assert_eq!(index(select(&rules, &facts(None, "/a", "GET"))), Some(0));
+        assert_eq!(index(select(&rules, &facts(None, "/b", "GET"))), Some(1));
         assert_eq!(
-            select(&rules, &facts(None, "/a", "GET")).map(|(i, _)| i),
-            Some(0)
+            select(&rules[..1], &facts(None, "/b", "GET")),
+            Selection::Unmatched
         );
+    }
+
+    #[test]
+    fn a_path_that_is_not_normal_is_judged_only_where_no_rule_reads_it() {
+        let by_route = Rule {
+            route_name: Some("reports".into()),
+            ..rule(None, None, &[])
+        };
+        let admin = rule(
+            None,
+            Some(PathMatch::Prefix("/api/admin/".into())),
+            &["GET"],
+        );
+        let rules = vec![by_route, admin];
+        // The first rule decides without the path.
+        assert!(matches!(
+            select(&rules, &facts(Some("reports"), "/api//admin/x", "GET")),
+            Selection::Rule(0, _)
+        ));
+        // A path rule is reached: it cannot be told whether it applies.
         assert_eq!(
-            select(&rules, &facts(None, "/b", "GET")).map(|(i, _)| i),
-            Some(1)
+            select(&rules, &facts(None, "/api//admin/x", "GET")),
+            Selection::PathNotNormal
         );
-        assert!(select(&rules[..1], &facts(None, "/b", "GET")).is_none());
+        // Not for its method: unmatched, whatever the path.
+        assert_eq!(
+            select(&rules, &facts(None, "/api//admin/x", "POST")),
+            Selection::Unmatched
+        );
     }
 
     #[test]

@@ -1073,8 +1073,77 @@ fn path_tricks_do_not_turn_a_protected_route_public() {
     .enumerate()
     {
         let step = request_at(&mut vm, i as u32 + 1, "GET", path, None);
-        assert_eq!(step_details(&step), "introspection_missing", "{path}");
+        assert_eq!(
+            step_details(&step),
+            "introspection_malformed_path_not_normalised",
+            "{path}"
+        );
     }
+    assert!(vm.host.dispatched.is_empty());
+}
+
+/// A path the upstream may read as a stricter rule's (found by review: these fell through to
+/// the top-level policy, which only asks for `openid`) is refused before any introspection,
+/// with or without a token, and whatever the token would have been granted.
+#[test]
+fn a_path_that_is_not_normalised_never_escapes_a_stricter_rule() {
+    let mut vm = ruled();
+    let mut id = 0;
+    for path in [
+        "/api/admin//users",
+        "/api//admin/users",
+        "/api/admin/./users",
+        "/api/x/../admin/users",
+        "/api/%61dmin/users",
+        "/api/admin%2Fusers",
+        "/api/admin;x=1/users",
+    ] {
+        for token in [None, Some("tok-user")] {
+            id += 1;
+            let step = request_at(&mut vm, id, "GET", path, token);
+            let Step::Verdict(Verdict::Deny(reply)) = &step else {
+                panic!("{path}: {step:?}")
+            };
+            assert_eq!(reply.status, 400, "{path}");
+            assert_eq!(
+                reply.details, "introspection_malformed_path_not_normalised",
+                "{path}"
+            );
+            let challenge = &reply
+                .headers
+                .iter()
+                .find(|(n, _)| *n == "www-authenticate")
+                .unwrap()
+                .1;
+            assert!(
+                challenge.contains("error=\"invalid_request\""),
+                "{challenge}"
+            );
+        }
+    }
+    assert!(vm.host.dispatched.is_empty(), "nothing introspected");
+    assert_eq!(vm.host.counter("introspection.denied.malformed"), id as u64);
+    // The normal spelling of the same path gets the rule: the token is judged by it.
+    request_at(&mut vm, 100, "GET", "/api/admin/users", Some("tok-user"));
+    let effects = vm.answer(vm.last_token(), answer_with(SUB, "openid", "fs-other"));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_invalid_token_client_not_accepted"
+    );
+    // A rule read by route name before any path rule decides alone: the path is not read.
+    let mut vm = Vm::new(config(json!({"rules": [
+        {"name": "by-route", "route_name": "reports", "required_scopes": ["reports"]},
+        {"name": "admin", "path_prefix": "/api/admin/", "required_scopes": ["admin"]}
+    ]})));
+    vm.host.route_name = Some("reports".into());
+    let step = request_at(&mut vm, 1, "GET", "/reports//x", None);
+    assert_eq!(step_details(&step), "introspection_missing");
+    vm.host.route_name = Some("other".into());
+    let step = request_at(&mut vm, 2, "GET", "/reports//x", None);
+    assert_eq!(
+        step_details(&step),
+        "introspection_malformed_path_not_normalised"
+    );
 }
 
 #[test]
