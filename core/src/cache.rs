@@ -57,6 +57,11 @@ pub fn expires_at(
     (until > now).then_some(until)
 }
 
+/// Whether an answer's claims say the token is active (`"active": true`, nothing else).
+pub fn is_active(claims: &Claims) -> bool {
+    matches!(claims.get("active"), Some(Value::Bool(true)))
+}
+
 /// Where an entry lives and how it is recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
@@ -188,21 +193,28 @@ impl CacheKeys {
         Some((expires_at, json))
     }
 
-    /// Whether a new entry (this fingerprint, valid until `expires_at`) should replace what the
-    /// slot holds: always, unless the slot already holds this token's entry for at least as
-    /// long (another worker stored it first). A live entry of another token is replaced: the
-    /// newest token wins the slot.
+    /// Whether a new entry (this fingerprint, valid until `expires_at`, active or not) should
+    /// replace what the slot holds. A live entry of another token is replaced: the newest
+    /// token wins the slot. This token's live entry: an inactive answer replaces an active one
+    /// and is never replaced by one (a revoked token does not come back, and two workers'
+    /// answers can arrive in any order); between answers alike, the one that lasts longer
+    /// stays (another worker stored it first).
     pub fn should_replace(
         &self,
         existing: &[u8],
         fingerprint: &[u8; 32],
         expires_at: i64,
+        active: bool,
         now: i64,
     ) -> bool {
-        let same_and_longer = self
-            .open(existing, fingerprint, now)
-            .is_some_and(|(e, _)| e >= expires_at);
-        !same_and_longer
+        let Some((existing_expiry, claims)) = self.decode(existing, fingerprint, now) else {
+            return true;
+        };
+        match (is_active(&claims), active) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => existing_expiry < expires_at,
+        }
     }
 }
 
@@ -553,14 +565,38 @@ mod tests {
         let mine = [1u8; 32];
         let other = [2u8; 32];
         let c = claims(json!({"active": true, "sub": "u"}));
+        let replaces = |existing: &[u8], expires_at| {
+            keys.should_replace(existing, &mine, expires_at, true, NOW)
+        };
         // Empty or garbage slot, expired entry, another token's live entry: replaced.
-        assert!(keys.should_replace(b"", &mine, NOW + 10, NOW));
-        assert!(keys.should_replace(&keys.encode(&mine, NOW - 1, &c), &mine, NOW + 10, NOW));
-        assert!(keys.should_replace(&keys.encode(&other, NOW + 100, &c), &mine, NOW + 10, NOW));
+        assert!(replaces(b"", NOW + 10));
+        assert!(replaces(&keys.encode(&mine, NOW - 1, &c), NOW + 10));
+        assert!(replaces(&keys.encode(&other, NOW + 100, &c), NOW + 10));
         // This token's entry, shorter: replaced; as long or longer: kept.
-        assert!(keys.should_replace(&keys.encode(&mine, NOW + 5, &c), &mine, NOW + 10, NOW));
-        assert!(!keys.should_replace(&keys.encode(&mine, NOW + 10, &c), &mine, NOW + 10, NOW));
-        assert!(!keys.should_replace(&keys.encode(&mine, NOW + 20, &c), &mine, NOW + 10, NOW));
+        assert!(replaces(&keys.encode(&mine, NOW + 5, &c), NOW + 10));
+        assert!(!replaces(&keys.encode(&mine, NOW + 10, &c), NOW + 10));
+        assert!(!replaces(&keys.encode(&mine, NOW + 20, &c), NOW + 10));
+    }
+
+    /// Found by review: a worker's inactive answer lost the slot to another's earlier active
+    /// one that expired later, and workers reading the shared cache kept letting it through.
+    #[test]
+    fn an_inactive_answer_replaces_the_same_tokens_active_entry_and_is_not_replaced_by_one() {
+        let keys = CacheKeys::new(&config());
+        let mine = [1u8; 32];
+        let active = keys.encode(
+            &mine,
+            NOW + 60,
+            &claims(json!({"active": true, "sub": "u"})),
+        );
+        let inactive = keys.encode(&mine, NOW + 10, &claims(json!({"active": false})));
+        assert!(keys.should_replace(&active, &mine, NOW + 10, false, NOW));
+        assert!(!keys.should_replace(&inactive, &mine, NOW + 600, true, NOW));
+        // Between inactive answers, the longer stays.
+        assert!(!keys.should_replace(&inactive, &mine, NOW + 5, false, NOW));
+        assert!(keys.should_replace(&inactive, &mine, NOW + 20, false, NOW));
+        // Another token's inactive entry is no reason to keep the slot.
+        assert!(keys.should_replace(&inactive, &[2u8; 32], NOW + 5, true, NOW));
     }
 
     #[test]

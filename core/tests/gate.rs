@@ -243,6 +243,52 @@ fn another_worker_finds_the_answer_in_shared_data() {
     ));
 }
 
+/// Two workers ask about one token at about the same time and it is revoked in between: the
+/// later, inactive answer takes the shared slot from the earlier active one (found by review:
+/// it was dropped, and a third worker let the revoked token through until `max_ttl`).
+#[test]
+fn a_revocation_seen_by_one_worker_reaches_the_others_through_shared_data() {
+    let cfg = || config(json!({"cache": {"max_ttl_secs": 60, "inactive_ttl_secs": 10}}));
+    let (mut w1, mut w2) = (Vm::new(cfg()), Vm::new(cfg()));
+    w1.request(1, "tok");
+    w2.request(1, "tok");
+    let effects = w1.answer(w1.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    w2.host.shared = w1.host.shared.clone();
+    w2.host.advance(1);
+    let effects = w2.answer(w2.last_token(), MockAnswer::json(r#"{"active":false}"#));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_invalid_token_inactive"
+    );
+    // A third worker reads the slot: the revocation, then (after its 10 s) a miss.
+    let mut w3 = Vm::new(cfg());
+    w3.host.shared = w2.host.shared.clone();
+    w3.host.advance(5);
+    assert_eq!(
+        step_details(&w3.request(1, "tok")),
+        "introspection_invalid_token_inactive"
+    );
+    let mut w4 = Vm::new(cfg());
+    w4.host.shared = w2.host.shared.clone();
+    w4.host.advance(20);
+    assert_eq!(w4.request(1, "tok"), Step::Pause, "asked again");
+    // An active answer arriving after the revocation (asked before it) does not bring the
+    // token back for the others.
+    let mut w5 = Vm::new(cfg());
+    w5.request(1, "tok");
+    w5.host.shared = w2.host.shared.clone();
+    w5.host.advance(2);
+    w5.answer(w5.last_token(), MockAnswer::json(&active(SUB)));
+    let mut w6 = Vm::new(cfg());
+    w6.host.shared = w5.host.shared.clone();
+    w6.host.advance(3);
+    assert_eq!(
+        step_details(&w6.request(1, "tok")),
+        "introspection_invalid_token_inactive"
+    );
+}
+
 #[test]
 fn a_request_that_may_wait_reads_its_request_id_for_the_log() {
     let mut vm = Vm::plain();
