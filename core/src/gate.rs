@@ -319,8 +319,8 @@ impl Gate {
         self.allowed.contains(&id)
     }
 
-    /// Request `id`'s trailers arrived: the identity fields among them (in every spelling) to
-    /// remove, and whether the request may flow yet. Trailers are stripped whether or not the
+    /// Request `id`'s trailers arrived: the identity fields among them (in every spelling) and
+    /// `Authorization` (unless forwarded) to remove, and whether the request may flow yet. Trailers are stripped whether or not the
     /// request is allowed yet: once held, they are not shown to the filter again.
     pub fn on_request_trailers<H: Host>(&mut self, id: u32, host: &mut H) -> Trailers {
         let hold = !self.is_allowed(id);
@@ -332,8 +332,11 @@ impl Gate {
             return self.trailers_refused(id, HostError::Status(0), host);
         };
         let mut remove = Vec::new();
+        let strip_authorization = !self.config.policy.forward_authorization;
         for (name, _) in pairs {
-            if self.config.identity.is_identity_header(name) {
+            if self.config.identity.is_identity_header(name)
+                || (strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
+            {
                 match std::str::from_utf8(name) {
                     Ok(name) => remove.push(name.to_string()),
                     Err(_) => return self.trailers_refused(id, HostError::Status(0), host),

@@ -1025,6 +1025,33 @@ fn identity_fields_in_trailers_are_stripped_in_every_spelling_and_held_until_all
     assert!(matches!(step, Trailers::Strip { hold: false, .. }));
 }
 
+/// Found by review: an `Authorization` trailer reached the SR although the header is removed
+/// (`forward_authorization: false`): a client could hand the SR a credential of its choosing.
+#[test]
+fn an_authorization_trailer_goes_unless_authorization_is_forwarded() {
+    for (forward, removed) in [(false, true), (true, false)] {
+        let mut vm = Vm::new(config(json!({"forward_authorization": forward})));
+        vm.request(1, "tok");
+        vm.host.trailers = vec![
+            (b"Authorization".to_vec(), b"Bearer other".to_vec()),
+            (b"grpc-status".to_vec(), b"0".to_vec()),
+        ];
+        let expected: Vec<String> = if removed {
+            vec!["Authorization".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            vm.gate.on_request_trailers(1, &mut vm.host),
+            Trailers::Strip {
+                remove: expected,
+                hold: true
+            },
+            "forward_authorization {forward}"
+        );
+    }
+}
+
 // ---- Log flood control ------------------------------------------------------------------------
 
 #[test]
