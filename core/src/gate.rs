@@ -1143,6 +1143,12 @@ impl Gate {
             .filter(|_| remote_keys(&self.config).is_some())
             .map(|s| i64::try_from(s.refresh.as_secs()).unwrap_or(i64::MAX))
         {
+            if !self.jwks.in_flight(now) && !self.jwks_wanted {
+                // Answers still waiting for keys with no fetch coming: theirs was lost (past
+                // the schedule's safety net). They are judged with the keys there are rather
+                // than wait for the refresh timer.
+                effects.extend(self.judge_parked(now, host));
+            }
             let due = self.jwks.timer_due(now, Some(refresh), RETRY_SECS);
             if (due || self.jwks_wanted) && !self.jwks.in_flight(now) {
                 let triggered = std::mem::take(&mut self.jwks_wanted) && !due;

@@ -3,8 +3,9 @@
 //! (an answer signed with an unknown key). Pure: the time is an argument. One fetch at a time.
 
 /// A fetch that has not answered after this long is considered lost (the host answers every
-/// callout by its timeout, so this is only a safety net).
-const IN_FLIGHT_EXPIRY_SECS: i64 = 30;
+/// callout by its timeout, 5 s, so this is only a safety net). Answers waiting for a lost JWKS
+/// fetch are judged then.
+const IN_FLIGHT_EXPIRY_SECS: i64 = 15;
 
 /// The bookkeeping of one kind of fetch.
 #[derive(Debug, Default, Clone)]
@@ -134,8 +135,10 @@ mod tests {
     fn a_lost_fetch_does_not_block_forever() {
         let mut s = FetchSchedule::default();
         s.started(0, true);
-        assert!(!s.trigger_allowed(29, 0));
-        assert!(s.trigger_allowed(30, 0));
-        assert!(s.timer_due(30, Some(600), 5));
+        assert!(!s.trigger_allowed(IN_FLIGHT_EXPIRY_SECS - 1, 0));
+        assert!(s.in_flight(IN_FLIGHT_EXPIRY_SECS - 1));
+        assert!(s.trigger_allowed(IN_FLIGHT_EXPIRY_SECS, 0));
+        assert!(!s.in_flight(IN_FLIGHT_EXPIRY_SECS));
+        assert!(s.timer_due(IN_FLIGHT_EXPIRY_SECS, Some(600), 5));
     }
 }

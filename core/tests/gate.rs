@@ -924,6 +924,37 @@ fn a_failed_refetch_answers_the_waiting_requests_503() {
     assert_eq!(vm.host.counter("introspection.jwks.fetch_failed"), 1);
 }
 
+/// Found by review: the JWKS fetch an answer waits for is never answered (the host breaking
+/// its timeout promise); the answer waited for the refresh timer (600 s), not for the safety
+/// net that declares the fetch lost.
+#[test]
+fn an_answer_waiting_for_a_lost_jwks_fetch_is_judged_when_the_fetch_is_given_up() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    assert!(vm.answer(vm.last_token(), signed("ec-2", SUB)).is_empty());
+    vm.tick();
+    assert_eq!(
+        vm.host.sent_to("/jwks"),
+        2,
+        "the refetch left, and is never answered"
+    );
+    let mut waited = 0;
+    let effects = loop {
+        vm.host.advance(1);
+        waited += 1;
+        let effects = vm.tick();
+        if !effects.is_empty() || waited > 60 {
+            break effects;
+        }
+    };
+    assert_eq!(waited, 15, "the schedule's safety net");
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_unavailable_jwt_unknown_kid"
+    );
+    assert_eq!(vm.gate.paused(), 0);
+}
+
 #[test]
 fn unknown_kid_refetches_are_rate_limited() {
     let mut vm = signed_vm();
