@@ -133,33 +133,44 @@ impl CacheKeys {
         }
     }
 
-    fn tag(&self, fingerprint: &[u8], expiry: &[u8], json: &[u8]) -> HmacSha256 {
+    fn tag(&self, fingerprint: &[u8], window: &[u8], json: &[u8]) -> HmacSha256 {
         let mut mac = self.entry_base.clone();
         mac.update(fingerprint);
-        mac.update(expiry);
+        mac.update(window);
         mac.update(json);
         mac
     }
 
-    /// Encodes an entry: version, fingerprint, expiry, tag, then the kept claims as JSON.
-    pub fn encode(&self, fingerprint: &[u8; 32], expires_at: i64, claims: &Claims) -> Vec<u8> {
+    /// Encodes an entry: version, fingerprint, validity window (stored at, expires at), tag,
+    /// then the kept claims as JSON.
+    pub fn encode(
+        &self,
+        fingerprint: &[u8; 32],
+        stored_at: i64,
+        expires_at: i64,
+        claims: &Claims,
+    ) -> Vec<u8> {
         let json = Value::Object(claims.clone()).to_string();
-        let expiry = expires_at.to_le_bytes();
+        let mut window = [0u8; 16];
+        let (from, until) = window.split_at_mut(8);
+        from.copy_from_slice(&stored_at.to_le_bytes());
+        until.copy_from_slice(&expires_at.to_le_bytes());
         let tag = self
-            .tag(fingerprint, &expiry, json.as_bytes())
+            .tag(fingerprint, &window, json.as_bytes())
             .finalize()
             .into_bytes();
         let mut out = Vec::with_capacity(HEADER + json.len());
         out.push(VERSION);
         out.extend_from_slice(fingerprint);
-        out.extend_from_slice(&expiry);
+        out.extend_from_slice(&window);
         out.extend_from_slice(&tag);
         out.extend_from_slice(json.as_bytes());
         out
     }
 
     /// The expiry and claims of a slot's entry, if it is this fingerprint's, authentic and
-    /// valid at `now`.
+    /// valid at `now` (inside its window: a clock stepped back before its storing does not
+    /// stretch its life past `max_ttl`).
     pub fn decode(&self, bytes: &[u8], fingerprint: &[u8; 32], now: i64) -> Option<(i64, Claims)> {
         let (expires_at, json) = self.open(bytes, fingerprint, now)?;
         match serde_json::from_slice(json).ok()? {
@@ -183,13 +194,15 @@ impl CacheKeys {
         if stored != fingerprint {
             return None;
         }
-        let (expiry, rest) = rest.split_at_checked(8)?;
-        let expires_at = i64::from_le_bytes(expiry.try_into().ok()?);
-        if expires_at <= now {
+        let (window, rest) = rest.split_at_checked(16)?;
+        let (from, until) = window.split_at_checked(8)?;
+        let stored_at = i64::from_le_bytes(from.try_into().ok()?);
+        let expires_at = i64::from_le_bytes(until.try_into().ok()?);
+        if now < stored_at || expires_at <= now {
             return None;
         }
         let (tag, json) = rest.split_at_checked(32)?;
-        self.tag(stored, expiry, json).verify_slice(tag).ok()?;
+        self.tag(stored, window, json).verify_slice(tag).ok()?;
         Some((expires_at, json))
     }
 
@@ -253,9 +266,10 @@ pub fn scope_of(config: &Config) -> Vec<u8> {
     scope
 }
 
-// 3: entries keep `client_id` (per-route rules read it).
-const VERSION: u8 = 3;
-const HEADER: usize = 1 + 32 + 8 + 32;
+// 3: entries keep `client_id` (per-route rules read it). 4: entries carry when they were
+// stored.
+const VERSION: u8 = 4;
+const HEADER: usize = 1 + 32 + 16 + 32;
 
 /// A small per-VM front of the shared cache: verified claims kept in the worker's own memory,
 /// keyed by the token itself, so a hit needs no HMAC, no shared-data copy, no MAC check and no
@@ -279,6 +293,8 @@ pub struct LocalCache {
 /// One token's verified claims in a VM's own memory, and the last `Allow` made on them.
 #[derive(Debug)]
 pub struct LocalEntry {
+    /// When it was kept: a clock stepped back before it makes it a miss.
+    stored_at: i64,
     expires_at: i64,
     pub claims: std::rc::Rc<Claims>,
     /// The headers of the policy's last `Allow` on these claims, for one rule: a hit on the same
@@ -304,11 +320,11 @@ impl LocalCache {
         }
     }
 
-    /// The entry for this token, if still valid at `now`.
+    /// The entry for this token, if valid at `now` (from its storing to its expiry).
     pub fn get(&mut self, token: &str, now: i64) -> Option<&mut LocalEntry> {
         self.entries
             .get_mut(token)
-            .filter(|entry| entry.expires_at > now)
+            .filter(|entry| entry.stored_at <= now && now < entry.expires_at)
     }
 
     /// Keeps claims for `token` until `expires_at`. When full (entries or bytes), expired
@@ -319,6 +335,7 @@ impl LocalCache {
             return;
         }
         let entry = LocalEntry {
+            stored_at: now,
             expires_at,
             claims,
             remembered: None,
@@ -524,7 +541,7 @@ mod tests {
         let keys = CacheKeys::new(&config());
         let fp = [7u8; 32];
         let c = claims(json!({"active": true, "sub": "u"}));
-        let e = keys.encode(&fp, NOW + 5, &c);
+        let e = keys.encode(&fp, NOW - 20, NOW + 5, &c);
         assert_eq!(keys.decode(&e, &fp, NOW), Some((NOW + 5, c.clone())));
         assert_eq!(
             keys.decode(&e, &fp, NOW + 5),
@@ -546,8 +563,11 @@ mod tests {
         forged[n - 3] ^= 1;
         assert_eq!(keys.decode(&forged, &fp, NOW), None);
         let mut later = e.clone();
-        later[33..41].copy_from_slice(&(NOW + 500).to_le_bytes());
+        later[41..49].copy_from_slice(&(NOW + 500).to_le_bytes());
         assert_eq!(keys.decode(&later, &fp, NOW + 10), None);
+        let mut earlier = e.clone();
+        earlier[33..41].copy_from_slice(&(NOW - 5000).to_le_bytes());
+        assert_eq!(keys.decode(&earlier, &fp, NOW - 100), None);
         // An entry written under another secret is not accepted.
         let other = CacheKeys::new(
             &Config::from_json(
@@ -556,7 +576,29 @@ mod tests {
             )
             .unwrap(),
         );
-        assert_eq!(keys.decode(&other.encode(&fp, NOW + 5, &c), &fp, NOW), None);
+        assert_eq!(
+            keys.decode(&other.encode(&fp, NOW - 20, NOW + 5, &c), &fp, NOW),
+            None
+        );
+    }
+
+    /// Found by review: with the clock stepped back (an NTP step), an entry stored before the
+    /// step lived for the step's length on top of `max_ttl`.
+    #[test]
+    fn an_entry_is_not_served_before_it_was_stored() {
+        let keys = CacheKeys::new(&config());
+        let fp = [7u8; 32];
+        let c = claims(json!({"active": true, "sub": "u"}));
+        let e = keys.encode(&fp, NOW, NOW + 60, &c);
+        assert!(keys.decode(&e, &fp, NOW).is_some());
+        assert_eq!(keys.decode(&e, &fp, NOW - 1), None);
+        assert_eq!(keys.decode(&e, &fp, NOW - 3600), None);
+        let mut l = LocalCache::new(2);
+        l.insert("t", NOW + 60, std::rc::Rc::new(c), NOW);
+        assert!(l.get("t", NOW + 59).is_some());
+        assert!(l.get("t", NOW - 1).is_none());
+        // And its replacement by a fresh answer is allowed.
+        assert!(keys.should_replace(&e, &fp, NOW - 3000, true, NOW - 3600));
     }
 
     #[test]
@@ -570,12 +612,27 @@ mod tests {
         };
         // Empty or garbage slot, expired entry, another token's live entry: replaced.
         assert!(replaces(b"", NOW + 10));
-        assert!(replaces(&keys.encode(&mine, NOW - 1, &c), NOW + 10));
-        assert!(replaces(&keys.encode(&other, NOW + 100, &c), NOW + 10));
+        assert!(replaces(
+            &keys.encode(&mine, NOW - 20, NOW - 1, &c),
+            NOW + 10
+        ));
+        assert!(replaces(
+            &keys.encode(&other, NOW - 20, NOW + 100, &c),
+            NOW + 10
+        ));
         // This token's entry, shorter: replaced; as long or longer: kept.
-        assert!(replaces(&keys.encode(&mine, NOW + 5, &c), NOW + 10));
-        assert!(!replaces(&keys.encode(&mine, NOW + 10, &c), NOW + 10));
-        assert!(!replaces(&keys.encode(&mine, NOW + 20, &c), NOW + 10));
+        assert!(replaces(
+            &keys.encode(&mine, NOW - 20, NOW + 5, &c),
+            NOW + 10
+        ));
+        assert!(!replaces(
+            &keys.encode(&mine, NOW - 20, NOW + 10, &c),
+            NOW + 10
+        ));
+        assert!(!replaces(
+            &keys.encode(&mine, NOW - 20, NOW + 20, &c),
+            NOW + 10
+        ));
     }
 
     /// Found by review: a worker's inactive answer lost the slot to another's earlier active
@@ -586,10 +643,11 @@ mod tests {
         let mine = [1u8; 32];
         let active = keys.encode(
             &mine,
+            NOW - 20,
             NOW + 60,
             &claims(json!({"active": true, "sub": "u"})),
         );
-        let inactive = keys.encode(&mine, NOW + 10, &claims(json!({"active": false})));
+        let inactive = keys.encode(&mine, NOW - 20, NOW + 10, &claims(json!({"active": false})));
         assert!(keys.should_replace(&active, &mine, NOW + 10, false, NOW));
         assert!(!keys.should_replace(&inactive, &mine, NOW + 600, true, NOW));
         // Between inactive answers, the longer stays.

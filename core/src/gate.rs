@@ -701,7 +701,9 @@ impl Gate {
         };
         let active = cache::is_active(claims);
         let kept = cache::kept_claims(&self.config.policy, &self.config.identity, claims);
-        let entry = self.cache_keys.encode(&key.fingerprint, expires_at, &kept);
+        let entry = self
+            .cache_keys
+            .encode(&key.fingerprint, now, expires_at, &kept);
         self.local.insert(token, expires_at, Rc::new(kept), now);
         for _ in 0..2 {
             let cas = match host.shared_get(&key.slot_key) {

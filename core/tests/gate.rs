@@ -1354,21 +1354,46 @@ fn a_reintrospected_token_gets_its_new_answer_not_the_remembered_allow() {
 fn a_remembered_allow_follows_the_clock_back_before_nbf() {
     let mut vm = Vm::plain();
     vm.request(1, "tok-nbf");
-    let body = json!({"active": true, "sub": SUB, "exp": NOW + 600, "nbf": NOW - 5,
+    let body = json!({"active": true, "sub": SUB, "exp": NOW + 600, "nbf": NOW + 5,
         "token_type": "Bearer"});
     let effects = vm.answer(vm.last_token(), MockAnswer::json(&body.to_string()));
-    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+    assert_eq!(
+        details(&effects[0].1),
+        "introspection_invalid_token_not_yet_valid"
+    );
+    vm.host.now = Some(NOW + 6);
     for id in 2..4 {
         assert_eq!(step_sub(&vm.request(id, "tok-nbf")), Some(SUB));
     }
-    vm.host.now = Some(NOW - 10);
+    vm.host.now = Some(NOW + 2);
     assert_eq!(
         step_details(&vm.request(4, "tok-nbf")),
         "introspection_invalid_token_not_yet_valid"
     );
-    vm.host.now = Some(NOW);
+    vm.host.now = Some(NOW + 6);
     assert_eq!(step_sub(&vm.request(5, "tok-nbf")), Some(SUB));
     assert_eq!(vm.host.dispatched.len(), 1);
+}
+
+/// Found by review: entries carried only their expiry, so a clock stepped back (an NTP step)
+/// after an answer was stored kept it alive for the step's length on top of `max_ttl`, in the
+/// worker's memory and in shared data. Before its storing, an entry is a miss.
+#[test]
+fn a_clock_stepped_back_before_an_entry_was_stored_asks_again() {
+    let cfg = || config(json!({"cache": {"max_ttl_secs": 60}}));
+    let mut vm = Vm::new(cfg());
+    vm.request(1, "tok");
+    vm.answer(vm.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(step_sub(&vm.request(2, "tok")), Some(SUB), "a hit");
+    vm.host.now = Some(NOW - 600);
+    assert_eq!(vm.request(3, "tok"), Step::Pause, "the worker's own entry");
+    let mut other = Vm::new(cfg());
+    other.host.shared = vm.host.shared.clone();
+    other.host.now = Some(NOW - 600);
+    assert_eq!(other.request(1, "tok"), Step::Pause, "the shared entry");
+    // The new answer, stored at the new time, serves as usual.
+    other.answer(other.last_token(), MockAnswer::json(&active(SUB)));
+    assert_eq!(step_sub(&other.request(2, "tok")), Some(SUB));
 }
 
 #[test]
