@@ -200,7 +200,10 @@ pub fn evaluate(
         };
         let text = match value {
             Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
+            Value::Number(n) => match exact_number(n) {
+                Some(text) => text,
+                None => return unusable(Unusable::Claim),
+            },
             Value::Bool(b) => b.to_string(),
             // Arrays of strings (e.g. `aud`, `groups`) are joined by spaces.
             Value::Array(items) => {
@@ -222,6 +225,19 @@ pub fn evaluate(
         }
     }
     Decision::Allow(headers)
+}
+
+/// A number claim as header text, if it can be written exactly: a 64-bit integer as is, a
+/// decimal in its shortest form. An integer too large for 64 bits was read as a float, which
+/// keeps only 53 bits (`12345678901234567890123` would become `1.2345678901234568e+22`): not a
+/// value the server sent, so no header.
+fn exact_number(n: &serde_json::Number) -> Option<String> {
+    if n.is_i64() || n.is_u64() {
+        return Some(n.to_string());
+    }
+    let f = n.as_f64()?;
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    (f.is_finite() && (f.fract() != 0.0 || f.abs() < EXACT)).then(|| n.to_string())
 }
 
 /// An `Allow` of [`evaluate`] remembered with the claims it was made on, for one rule (`None`:
@@ -456,6 +472,35 @@ mod tests {
 
         a.insert("groups".into(), json!({"x": 1}));
         assert_eq!(evaluate_with(&c, &a, NOW).kind(), "unavailable");
+    }
+
+    /// Found by review: an integer beyond 64 bits reached the header rounded, in exponent form.
+    #[test]
+    fn a_number_claim_is_forwarded_only_if_exact() {
+        let c = config(json!({"claim_headers": {"n": "x-n"}}));
+        let header = |raw: &str| {
+            let mut a = proconnect_active();
+            a.insert("n".into(), serde_json::from_str(raw).unwrap());
+            match evaluate_with(&c, &a, NOW) {
+                Decision::Allow(h) => h.into_iter().find(|(n, _)| n == "x-n").map(|(_, v)| v),
+                other => {
+                    assert_eq!(other.kind(), "unavailable", "{raw}");
+                    None
+                }
+            }
+        };
+        assert_eq!(
+            header("18446744073709551615").as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(
+            header("-9223372036854775808").as_deref(),
+            Some("-9223372036854775808")
+        );
+        assert_eq!(header("1712345678.5").as_deref(), Some("1712345678.5"));
+        assert_eq!(header("0.25").as_deref(), Some("0.25"));
+        assert_eq!(header("12345678901234567890123"), None);
+        assert_eq!(header("-1e300"), None);
     }
 
     /// A remembered allow answers exactly as `evaluate` would, at every time around its
