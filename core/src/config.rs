@@ -978,7 +978,7 @@ fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ConfigEr
     let reason = if message.starts_with("missing field") {
         "is required".to_string()
     } else {
-        match message.split_once(", expected ") {
+        match message.rsplit_once(", expected ") {
             Some((_, expected)) => {
                 let expected = expected.split(" at line ").next().unwrap_or(expected);
                 format!("expected {expected}")
@@ -1786,6 +1786,45 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "(plugin configuration)");
         assert!(err.reason.contains("`timeout_ms`"), "{err}");
+    }
+
+    /// Found by review: serde quotes the offending key or value before its own `, expected …`;
+    /// text holding `, expected ` itself made the first split keep the rest of it.
+    #[test]
+    fn a_value_or_key_mimicking_serdes_message_is_not_echoed() {
+        let secret = "Zq81SECRETvalue";
+        for (field, value) in [
+            (
+                "client_auth",
+                serde_json::json!({format!("x, expected {secret}"): null}),
+            ),
+            (
+                "client_auth",
+                serde_json::json!(format!("x`, expected one of `{secret}")),
+            ),
+            (
+                "bearer_encoding",
+                serde_json::json!({format!("x, expected {secret}"): 1}),
+            ),
+            (
+                "timeout_ms",
+                serde_json::json!(format!("x, expected {secret}")),
+            ),
+            ("cache", serde_json::json!(format!("x, expected {secret}"))),
+            (
+                "cache",
+                serde_json::json!({"max_entries": format!("x, expected {secret}")}),
+            ),
+            (
+                "rules",
+                serde_json::json!([{"name": "a", "path_exact": "/a",
+                "scope_mode": format!("x, expected {secret}")}]),
+            ),
+        ] {
+            let err = with(field, value).unwrap_err().to_string();
+            assert!(!err.contains("SECRET"), "{err}");
+            assert!(err.contains("expected"), "{err}");
+        }
     }
 
     #[test]
