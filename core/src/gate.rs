@@ -715,6 +715,13 @@ impl Gate {
                         active,
                         now,
                     ) {
+                        // The slot's entry for this token wins (a revocation another worker
+                        // saw, or a longer life): this worker's front keeps it too.
+                        if let Some((until, kept)) =
+                            self.cache_keys.decode(&bytes, &key.fingerprint, now)
+                        {
+                            self.local.insert(token, until, Rc::new(kept), now);
+                        }
                         return;
                     }
                     cas

@@ -287,6 +287,12 @@ fn a_revocation_seen_by_one_worker_reaches_the_others_through_shared_data() {
         step_details(&w6.request(1, "tok")),
         "introspection_invalid_token_inactive"
     );
+    // Nor for the worker that got it (found by review: its own front kept the active answer).
+    w5.host.advance(1);
+    assert_eq!(
+        step_details(&w5.request(2, "tok")),
+        "introspection_invalid_token_inactive"
+    );
 }
 
 #[test]
