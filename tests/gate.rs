@@ -363,6 +363,24 @@ fn invalid_plugin_configuration_is_refused_at_load() {
             "the log does not say {expected:?}:\n{err}"
         );
     }
+    // A value written as a key (a pasted secret looks like a field name): neither the filter's
+    // error nor anything Envoy logs about the refused configuration repeats it.
+    let secret = "Zk39dkFj2mQ7vLp0Zr8sT4uW6yB1nC5e";
+    let plugin = json!({ "cluster": "c", "authority": "a", "client_id": "i",
+        "client_secret": "s", secret: 1 });
+    let config = e2e::render_envoy_config(&template, 1, 1, &plugin);
+    let err = match e2e::Envoy::start(&dir, &config) {
+        Ok(_) => panic!("envoy accepted an unknown field"),
+        Err(log) => log,
+    };
+    assert!(
+        err.contains("invalid configuration: `(plugin configuration)`: has an unknown field"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&secret[..12]),
+        "the log repeats the key:\n{err}"
+    );
 }
 
 /// The demo template passes `envoy --mode validate` (which also loads the filter and its
