@@ -1128,6 +1128,8 @@ impl Gate {
                 );
             }
         };
+        self.discovery.observe(now);
+        self.jwks.observe(now);
         let mut effects = Effects::new();
         if let (Some(path), None) = (&self.config.endpoints.discovery_path, &self.endpoints) {
             if self.discovery.timer_due(now, None, RETRY_SECS) {
@@ -1153,9 +1155,9 @@ impl Gate {
             .map(|s| i64::try_from(s.refresh.as_secs()).unwrap_or(i64::MAX))
         {
             if !self.jwks.in_flight(now) && !self.jwks_wanted {
-                // Answers still waiting for keys with no fetch coming: theirs was lost (past
-                // the schedule's safety net). They are judged with the keys there are rather
-                // than wait for the refresh timer.
+                // Answers still waiting for keys with no fetch coming: theirs was lost (15 s of
+                // ticks without an answer, the schedule's safety net). They are judged with
+                // the keys there are rather than wait for the refresh timer.
                 effects.extend(self.judge_parked(now, host));
             }
             let due = self.jwks.timer_due(now, Some(refresh), RETRY_SECS);

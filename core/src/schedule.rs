@@ -7,20 +7,47 @@
 /// fetch are judged then.
 const IN_FLIGHT_EXPIRY_SECS: i64 = 15;
 
+/// The most one observation of the clock adds to a fetch's time in flight. The VM observes it
+/// every second while it fetches; a wall clock that steps forward (an NTP step) must not make
+/// a fetch under way look lost, nor one that steps back make a lost fetch look under way.
+const MAX_STEP_SECS: i64 = 2;
+
 /// The bookkeeping of one kind of fetch.
 #[derive(Debug, Default, Clone)]
 pub struct FetchSchedule {
     loaded_at: Option<i64>,
     last_attempt: Option<i64>,
     last_triggered: Option<i64>,
-    in_flight_since: Option<i64>,
+    in_flight: Option<InFlight>,
+}
+
+/// A fetch under way: how long it has been, counted in clamped steps of the clock.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    last_seen: i64,
+    elapsed: i64,
+}
+
+impl InFlight {
+    fn step(&self, now: i64) -> i64 {
+        now.saturating_sub(self.last_seen).clamp(0, MAX_STEP_SECS)
+    }
 }
 
 impl FetchSchedule {
     /// Whether a fetch is under way at `now`.
     pub fn in_flight(&self, now: i64) -> bool {
-        self.in_flight_since
-            .is_some_and(|t| now.saturating_sub(t) < IN_FLIGHT_EXPIRY_SECS)
+        self.in_flight
+            .is_some_and(|f| f.elapsed.saturating_add(f.step(now)) < IN_FLIGHT_EXPIRY_SECS)
+    }
+
+    /// Counts the time since the last observation into a fetch's time in flight (at most
+    /// `MAX_STEP_SECS`, never negative). Called on every tick.
+    pub fn observe(&mut self, now: i64) {
+        if let Some(f) = &mut self.in_flight {
+            f.elapsed = f.elapsed.saturating_add(f.step(now));
+            f.last_seen = now;
+        }
     }
 
     /// Whether a document was ever loaded.
@@ -54,7 +81,10 @@ impl FetchSchedule {
 
     /// Records the start of a fetch; `triggered` when it is out of schedule.
     pub fn started(&mut self, now: i64, triggered: bool) {
-        self.in_flight_since = Some(now);
+        self.in_flight = Some(InFlight {
+            last_seen: now,
+            elapsed: 0,
+        });
         self.not_started(now, triggered);
     }
 
@@ -69,7 +99,7 @@ impl FetchSchedule {
 
     /// Records the end of a fetch. A failure keeps whatever was loaded before.
     pub fn finished(&mut self, now: i64, success: bool) {
-        self.in_flight_since = None;
+        self.in_flight = None;
         if success {
             self.loaded_at = Some(now);
         }
@@ -135,10 +165,36 @@ mod tests {
     fn a_lost_fetch_does_not_block_forever() {
         let mut s = FetchSchedule::default();
         s.started(0, true);
-        assert!(!s.trigger_allowed(IN_FLIGHT_EXPIRY_SECS - 1, 0));
-        assert!(s.in_flight(IN_FLIGHT_EXPIRY_SECS - 1));
-        assert!(s.trigger_allowed(IN_FLIGHT_EXPIRY_SECS, 0));
-        assert!(!s.in_flight(IN_FLIGHT_EXPIRY_SECS));
-        assert!(s.timer_due(IN_FLIGHT_EXPIRY_SECS, Some(600), 5));
+        for now in 1..IN_FLIGHT_EXPIRY_SECS {
+            s.observe(now);
+        }
+        let last = IN_FLIGHT_EXPIRY_SECS - 1;
+        assert!(!s.trigger_allowed(last, 0));
+        assert!(s.in_flight(last));
+        assert!(s.trigger_allowed(last + 1, 0));
+        assert!(!s.in_flight(last + 1));
+        assert!(s.timer_due(last + 1, Some(600), 5));
+    }
+
+    /// Found by review: with the time in flight read off the wall clock, a step forward made a
+    /// fetch under way look lost (and its waiting answers were judged with the old keys), and a
+    /// step back made a lost one look under way for the length of the step.
+    #[test]
+    fn clock_steps_neither_lose_a_fetch_nor_keep_a_lost_one() {
+        let mut s = FetchSchedule::default();
+        s.started(1000, true);
+        s.observe(1020); // 20 s forward: counts 2
+        assert!(s.in_flight(1020));
+        assert!(s.in_flight(1100), "an unobserved jump counts 2 s too");
+        let mut s = FetchSchedule::default();
+        s.started(1000, true);
+        s.observe(-2600); // an hour back: counts nothing
+        for now in -2599..=-2600 + IN_FLIGHT_EXPIRY_SECS {
+            s.observe(now);
+        }
+        assert!(
+            !s.in_flight(-2600 + IN_FLIGHT_EXPIRY_SECS),
+            "given up after 15 s of ticks"
+        );
     }
 }

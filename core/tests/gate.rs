@@ -961,6 +961,21 @@ fn an_answer_waiting_for_a_lost_jwks_fetch_is_judged_when_the_fetch_is_given_up(
     assert_eq!(vm.gate.paused(), 0);
 }
 
+/// Found by review: a wall clock stepping forward while the refetch was under way made it look
+/// lost, and the waiting answer got a 503 although the fetch then brought its key.
+#[test]
+fn a_clock_step_during_a_refetch_does_not_give_up_on_it() {
+    let mut vm = signed_vm();
+    vm.request(1, "tok");
+    assert!(vm.answer(vm.last_token(), signed("ec-2", SUB)).is_empty());
+    vm.tick();
+    let refetch = vm.last_token();
+    vm.host.advance(20);
+    assert!(vm.tick().is_empty(), "still waiting for the fetch");
+    let effects = vm.answer(refetch, MockAnswer::json(&jwks(&["ec-1", "ec-2"])));
+    assert_eq!(allowed_sub(&effects[0].1), Some(SUB));
+}
+
 #[test]
 fn unknown_kid_refetches_are_rate_limited() {
     let mut vm = signed_vm();
