@@ -206,28 +206,27 @@ impl CacheKeys {
         Some((expires_at, json))
     }
 
-    /// Whether a new entry (this fingerprint, valid until `expires_at`, active or not) should
-    /// replace what the slot holds. A live entry of another token is replaced: the newest
-    /// token wins the slot. This token's live entry: an inactive answer replaces an active one
-    /// and is never replaced by one (a revoked token does not come back, and two workers'
-    /// answers can arrive in any order); between answers alike, the one that lasts longer
-    /// stays (another worker stored it first).
-    pub fn should_replace(
+    /// The slot's entry (expiry and claims) if it stays rather than give way to a new entry
+    /// (this fingerprint, valid until `expires_at`, active or not); `None`: replace it. A live
+    /// entry of another token gives way: the newest token wins the slot. This token's live
+    /// entry: an inactive answer replaces an active one and is never replaced by one (a revoked
+    /// token does not come back, and two workers' answers can arrive in any order); between
+    /// answers alike, the one that lasts longer stays (another worker stored it first).
+    pub fn kept_over(
         &self,
         existing: &[u8],
         fingerprint: &[u8; 32],
         expires_at: i64,
         active: bool,
         now: i64,
-    ) -> bool {
-        let Some((existing_expiry, claims)) = self.decode(existing, fingerprint, now) else {
-            return true;
+    ) -> Option<(i64, Claims)> {
+        let (existing_expiry, claims) = self.decode(existing, fingerprint, now)?;
+        let keep = match (is_active(&claims), active) {
+            (true, false) => false,
+            (false, true) => true,
+            _ => existing_expiry >= expires_at,
         };
-        match (is_active(&claims), active) {
-            (true, false) => true,
-            (false, true) => false,
-            _ => existing_expiry < expires_at,
-        }
+        keep.then_some((existing_expiry, claims))
     }
 }
 
@@ -598,7 +597,9 @@ mod tests {
         assert!(l.get("t", NOW + 59).is_some());
         assert!(l.get("t", NOW - 1).is_none());
         // And its replacement by a fresh answer is allowed.
-        assert!(keys.should_replace(&e, &fp, NOW - 3000, true, NOW - 3600));
+        assert!(keys
+            .kept_over(&e, &fp, NOW - 3000, true, NOW - 3600)
+            .is_none());
     }
 
     #[test]
@@ -608,7 +609,8 @@ mod tests {
         let other = [2u8; 32];
         let c = claims(json!({"active": true, "sub": "u"}));
         let replaces = |existing: &[u8], expires_at| {
-            keys.should_replace(existing, &mine, expires_at, true, NOW)
+            keys.kept_over(existing, &mine, expires_at, true, NOW)
+                .is_none()
         };
         // Empty or garbage slot, expired entry, another token's live entry: replaced.
         assert!(replaces(b"", NOW + 10));
@@ -648,13 +650,23 @@ mod tests {
             &claims(json!({"active": true, "sub": "u"})),
         );
         let inactive = keys.encode(&mine, NOW - 20, NOW + 10, &claims(json!({"active": false})));
-        assert!(keys.should_replace(&active, &mine, NOW + 10, false, NOW));
-        assert!(!keys.should_replace(&inactive, &mine, NOW + 600, true, NOW));
+        assert!(keys
+            .kept_over(&active, &mine, NOW + 10, false, NOW)
+            .is_none());
+        assert!(keys
+            .kept_over(&inactive, &mine, NOW + 600, true, NOW)
+            .is_some());
         // Between inactive answers, the longer stays.
-        assert!(!keys.should_replace(&inactive, &mine, NOW + 5, false, NOW));
-        assert!(keys.should_replace(&inactive, &mine, NOW + 20, false, NOW));
+        assert!(keys
+            .kept_over(&inactive, &mine, NOW + 5, false, NOW)
+            .is_some());
+        assert!(keys
+            .kept_over(&inactive, &mine, NOW + 20, false, NOW)
+            .is_none());
         // Another token's inactive entry is no reason to keep the slot.
-        assert!(keys.should_replace(&inactive, &[2u8; 32], NOW + 5, true, NOW));
+        assert!(keys
+            .kept_over(&inactive, &[2u8; 32], NOW + 5, true, NOW)
+            .is_none());
     }
 
     #[test]

@@ -320,8 +320,9 @@ impl Gate {
     }
 
     /// Request `id`'s trailers arrived: the identity fields among them (in every spelling) and
-    /// `Authorization` (unless forwarded) to remove, and whether the request may flow yet. Trailers are stripped whether or not the
-    /// request is allowed yet: once held, they are not shown to the filter again.
+    /// `Authorization` (unless forwarded) to remove, and whether the request may flow yet.
+    /// Trailers are stripped whether or not the request is allowed yet: once held, they are not
+    /// shown to the filter again.
     pub fn on_request_trailers<H: Host>(&mut self, id: u32, host: &mut H) -> Trailers {
         let hold = !self.is_allowed(id);
         let raw = match host.request_trailers() {
@@ -708,20 +709,13 @@ impl Gate {
         for _ in 0..2 {
             let cas = match host.shared_get(&key.slot_key) {
                 Ok(Some((bytes, cas))) => {
-                    if !self.cache_keys.should_replace(
-                        &bytes,
-                        &key.fingerprint,
-                        expires_at,
-                        active,
-                        now,
-                    ) {
+                    let slot = &self.cache_keys;
+                    if let Some((until, kept)) =
+                        slot.kept_over(&bytes, &key.fingerprint, expires_at, active, now)
+                    {
                         // The slot's entry for this token wins (a revocation another worker
                         // saw, or a longer life): this worker's front keeps it too.
-                        if let Some((until, kept)) =
-                            self.cache_keys.decode(&bytes, &key.fingerprint, now)
-                        {
-                            self.local.insert(token, until, Rc::new(kept), now);
-                        }
+                        self.local.insert(token, until, Rc::new(kept), now);
                         return;
                     }
                     cas
