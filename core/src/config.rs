@@ -1005,14 +1005,14 @@ fn unknown_field(path: &str, key: &str, message: &str) -> ConfigError {
         .strip_prefix(&format!("unknown field `{key}`, expected "))
         .map(|expected| expected.split('`').skip(1).step_by(2).collect())
         .unwrap_or_default();
+    if let Some(near) = known.iter().find(|name| within_two_edits(key, name)) {
+        return ConfigError::new(path, format!("unknown field (did you mean `{near}`?)"));
+    }
     let list = known
         .iter()
         .map(|name| format!("`{name}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    if let Some(near) = known.iter().find(|name| within_two_edits(key, name)) {
-        return ConfigError::new(path, format!("unknown field (did you mean `{near}`?)"));
-    }
     let holder = path
         .strip_suffix(key)
         .map(|parent| parent.strip_suffix('.').unwrap_or(parent))

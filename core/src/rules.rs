@@ -151,12 +151,11 @@ pub fn is_normal(path: &[u8]) -> bool {
     if path.first() != Some(&b'/') || path.contains(&b'\\') || path.contains(&b';') {
         return false;
     }
+    let hex = |b: u8| char::from(b).to_digit(16);
     let escapes_what_needs_none = path.windows(3).any(|w| match w {
         [b'%', hi, lo] => match (hex(*hi), hex(*lo)) {
-            (Some(hi), Some(lo)) => {
-                let byte = hi << 4 | lo;
-                byte == b'/' || byte == b'\\' || is_unreserved(byte)
-            }
+            (Some(hi), Some(lo)) => u8::try_from(hi << 4 | lo)
+                .is_ok_and(|byte| byte == b'/' || byte == b'\\' || is_unreserved(byte)),
             _ => false,
         },
         _ => false,
@@ -177,15 +176,6 @@ pub fn is_normal(path: &[u8]) -> bool {
 /// RFC 3986 §2.3 unreserved characters.
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
